@@ -1,0 +1,163 @@
+//! The command line: `serve` (default), `migrate`, `verify`, `audit tail`, `keys rotate`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::audit::{AuditContext, AuditEvent};
+use crate::config::Config;
+use crate::limits::AUDIT_TAIL_ROWS_MAX;
+use crate::startup::{Application, Services, StartError, open_services};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "alphabank",
+    version,
+    about = "AlphaBank: a security-first web bank"
+)]
+pub struct Cli {
+    /// TOML configuration file (else $ALPHABANK_CONFIG; no file is read unless named).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the bank (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Check ledger conservation and the integrity of the ledger and audit chains.
+    Verify,
+    /// Read the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Manage data keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Print the last N audit events, one JSON object a line.
+    Tail {
+        #[arg(short = 'n', default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=i64::from(AUDIT_TAIL_ROWS_MAX)))]
+        n: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Create a new data key and re-encrypt every encrypted field under it.
+    Rotate,
+}
+
+pub async fn run(cli: Cli) -> ExitCode {
+    let file = cli
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("ALPHABANK_CONFIG").map(PathBuf::from));
+    let config = match Config::load(file.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("configuration error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init(config.log_format);
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::Serve = command {
+        return match Application::build(config).await {
+            Ok(app) => match app.run_until_stopped().await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => fail(&format!("server stopped: {error}")),
+            },
+            Err(error) => start_failed(&error),
+        };
+    }
+    let services = match open_services(config).await {
+        Ok(services) => services,
+        Err(error) => return start_failed(&error),
+    };
+    let code = run_command(&services, command).await;
+    services.db.close().await;
+    code
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}
+
+fn start_failed(error: &StartError) -> ExitCode {
+    fail(&error.to_string())
+}
+
+async fn run_command(services: &Services, command: Command) -> ExitCode {
+    match command {
+        Command::Serve => ExitCode::SUCCESS,
+        Command::Migrate => {
+            println!("database schema is up to date");
+            ExitCode::SUCCESS
+        }
+        Command::Verify => {
+            match crate::ledger::verify::verify(&services.ledger, &services.audit).await {
+                Ok(Ok(report)) => {
+                    println!(
+                        "verify: ok {}",
+                        serde_json::to_string(&report).unwrap_or_default()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(Err(problem)) => fail(&format!("verify FAILED: {problem}")),
+                Err(error) => fail(&format!("verify could not run: {error}")),
+            }
+        }
+        Command::Audit {
+            command: AuditCommand::Tail { n },
+        } => match services.audit.tail(n).await {
+            Ok(lines) => {
+                for line in lines {
+                    println!("{}", serde_json::to_string(&line).unwrap_or_default());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(error) => fail(&format!("cannot read the audit log: {error}")),
+        },
+        Command::Keys {
+            command: KeysCommand::Rotate,
+        } => match crate::crypto::rotation::rotate(&services.db, &services.keyring).await {
+            Ok(report) => {
+                services
+                    .audit
+                    .record_best_effort(
+                        &AuditContext::system(),
+                        AuditEvent::KeyRotation {
+                            new_key_id: report.new_key_id,
+                            resealed: report.resealed,
+                        },
+                    )
+                    .await;
+                println!(
+                    "keys rotate: data key {} is active; {} fields re-sealed{}; older keys are retired (kept readable for backups)",
+                    report.new_key_id,
+                    report.resealed,
+                    if report.resumed {
+                        " (resumed an interrupted rotation)"
+                    } else {
+                        ""
+                    }
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => fail(&format!("key rotation failed: {error}")),
+        },
+    }
+}

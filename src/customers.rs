@@ -1,0 +1,70 @@
+//! Creating a customer: the user row (email sealed, found through its blind index) and the
+//! ledger account, in one transaction, with the `signup` audit event.
+
+use crate::audit::{AuditContext, AuditEvent};
+use crate::crypto::{Aad, random_row_id};
+use crate::domain::{Email, Username};
+use crate::ledger::LedgerError;
+use crate::startup::Services;
+use crate::store::{StoreError, users as user_store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateCustomerError {
+    #[error("This username is taken.")]
+    UsernameTaken,
+    #[error("An account with this email already exists.")]
+    EmailTaken,
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for CreateCustomerError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Conflict("email") => CreateCustomerError::EmailTaken,
+            StoreError::Conflict("username") => CreateCustomerError::UsernameTaken,
+            other => CreateCustomerError::Store(other),
+        }
+    }
+}
+
+pub fn email_aad(user_id: i64) -> Aad {
+    Aad::new("users", "email_enc", user_id)
+}
+
+/// Creates a customer whose password is already hashed (PHC string). Returns the user id.
+pub async fn create(
+    services: &Services,
+    ctx: &AuditContext,
+    username: &Username,
+    email: &Email,
+    password_hash: &str,
+) -> Result<i64, CreateCustomerError> {
+    let id = random_row_id();
+    let email_enc = services.keyring.seal_str(&email_aad(id), email.as_str());
+    let email_bidx = services.keyring.blind_index("email", &email.lookup_key());
+    let mut tx = services.db.begin_write().await?;
+    user_store::insert(
+        &mut tx,
+        &user_store::NewUser {
+            id,
+            username: username.as_str(),
+            username_key: &username.lookup_key(),
+            email_enc: &email_enc,
+            email_bidx: &email_bidx,
+            password_hash,
+            created_at: crate::now_millis(),
+        },
+    )
+    .await?;
+    services.ledger.open_customer_account(&mut tx, id).await?;
+    services
+        .audit
+        .record_in(&mut tx, &ctx.with_user(id), AuditEvent::Signup)
+        .await
+        .map_err(|e| CreateCustomerError::Ledger(LedgerError::Audit(e)))?;
+    tx.commit().await?;
+    Ok(id)
+}

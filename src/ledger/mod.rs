@@ -1,0 +1,532 @@
+//! The double-entry ledger. Money is `i64` øre. Every movement is one database transaction that
+//! writes an immutable journal entry whose postings sum to zero (a deposit debits the bank's cash
+//! account), updates the account balances (so reading a balance is O(1)), records the idempotency
+//! key with its outcome, and appends an audit event.
+//!
+//! Concurrency: the accounts a movement touches are locked in ascending id order (PostgreSQL
+//! `SELECT … FOR UPDATE`; SQLite holds its single write lock), so two movements between unrelated
+//! accounts never wait for each other on PostgreSQL, and no two movements can deadlock.
+//!
+//! Tamper evidence: each account has its own chain. A posting's MAC covers its content, the
+//! entry's MAC and the previous posting's MAC of the same account; the account row holds the
+//! newest `(seq, mac)`. Amounts, balances, messages and card names are sealed (see `crypto`).
+
+pub mod verify;
+
+use crate::audit::{AuditContext, AuditError, AuditEvent, AuditLog};
+use crate::crypto::{Aad, CryptoError, Keyring, random_row_id};
+use crate::domain::{Amount, CardName, DepositAmount, IdempotencyKey, Message, Money, Username};
+use crate::store::ledger::{
+    self as ledger_store, AccountRow, CASH_ACCOUNT_ID, EntryRow, HistoryRow, PostingRow,
+};
+use crate::store::{Db, StoreError, WriteTx, users as user_store};
+
+pub const KIND_DEPOSIT: &str = "deposit";
+pub const KIND_TRANSFER: &str = "transfer";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("You cannot send money to yourself.")]
+    SelfTransfer,
+    #[error("There is no customer with that username.")]
+    UnknownReceiver,
+    #[error("Your balance is too low for this transfer.")]
+    InsufficientFunds,
+    #[error("This account has no ledger account")]
+    NoAccount,
+    #[error("That page of history does not exist.")]
+    NoSuchPage { last_page: u32 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+impl LedgerError {
+    /// A short machine-readable reason for a refusal a customer caused (audited), or `None` for
+    /// an operating error.
+    pub fn refusal_reason(&self) -> Option<&'static str> {
+        match self {
+            LedgerError::SelfTransfer => Some("self_transfer"),
+            LedgerError::UnknownReceiver => Some("unknown_receiver"),
+            LedgerError::InsufficientFunds => Some("insufficient_funds"),
+            _ => None,
+        }
+    }
+}
+
+/// The result of a money movement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Money moved: this new entry.
+    Moved { entry_id: i64 },
+    /// The idempotency key had already moved money: the first entry, nothing moved now.
+    Replayed { entry_id: i64 },
+}
+
+impl Outcome {
+    pub fn entry_id(self) -> i64 {
+        match self {
+            Outcome::Moved { entry_id } | Outcome::Replayed { entry_id } => entry_id,
+        }
+    }
+}
+
+/// One movement as the customer sees it.
+#[derive(Debug, Clone)]
+pub struct MovementView {
+    pub entry_id: i64,
+    pub seq: i64,
+    pub created_at: i64,
+    pub kind: String,
+    /// Signed: positive into the customer's account.
+    pub amount: Money,
+    pub counterparty: Option<String>,
+    pub message: Option<String>,
+    pub card_name: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    pub rows: Vec<MovementView>,
+    pub page: u32,
+    pub last_page: u32,
+    pub total_rows: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Ledger {
+    db: Db,
+    keyring: Keyring,
+    audit: AuditLog,
+}
+
+fn balance_aad(account_id: i64) -> Aad {
+    Aad::new("accounts", "balance_enc", account_id)
+}
+fn amount_aad(account_id: i64, seq: i64) -> Aad {
+    Aad::new("postings", "amount_enc", format!("{account_id}:{seq}"))
+}
+fn message_aad(entry_id: i64) -> Aad {
+    Aad::new("journal_entries", "message_enc", entry_id)
+}
+fn card_name_aad(entry_id: i64) -> Aad {
+    Aad::new("journal_entries", "card_name_enc", entry_id)
+}
+
+/// What a journal entry says, in the clear (input to its MAC).
+pub(crate) struct EntryContent<'a> {
+    id: i64,
+    kind: &'a str,
+    initiator_user_id: i64,
+    created_at: i64,
+    message: Option<&'a str>,
+    card_name: Option<&'a str>,
+}
+
+impl Ledger {
+    pub fn new(db: Db, keyring: Keyring, audit: AuditLog) -> Self {
+        Ledger { db, keyring, audit }
+    }
+
+    pub(crate) fn entry_mac(&self, e: &EntryContent<'_>) -> [u8; 32] {
+        let optional = |v: Option<&str>| match v {
+            Some(s) => [b"1".as_slice(), s.as_bytes()].concat(),
+            None => b"0".to_vec(),
+        };
+        self.keyring.mac(&[
+            b"entry",
+            &e.id.to_be_bytes(),
+            e.kind.as_bytes(),
+            &e.initiator_user_id.to_be_bytes(),
+            &e.created_at.to_be_bytes(),
+            &optional(e.message),
+            &optional(e.card_name),
+        ])
+    }
+
+    pub(crate) fn account_genesis_mac(&self, account_id: i64) -> [u8; 32] {
+        self.keyring
+            .mac(&[b"account-genesis", &account_id.to_be_bytes()])
+    }
+
+    pub(crate) fn posting_mac(
+        &self,
+        p: &PostingRow,
+        amount_minor: i64,
+        entry_mac: &[u8],
+    ) -> [u8; 32] {
+        self.keyring.mac(&[
+            b"posting",
+            &p.account_id.to_be_bytes(),
+            &p.seq.to_be_bytes(),
+            &p.entry_id.to_be_bytes(),
+            &p.counterparty_account_id.unwrap_or(0).to_be_bytes(),
+            &amount_minor.to_be_bytes(),
+            &p.created_at.to_be_bytes(),
+            entry_mac,
+            &p.prev_mac,
+        ])
+    }
+
+    fn new_account_row(&self, id: i64, user_id: Option<i64>, kind: &str) -> AccountRow {
+        AccountRow {
+            id,
+            user_id,
+            kind: kind.to_string(),
+            balance_enc: self.keyring.seal_i64(&balance_aad(id), 0),
+            seq: 0,
+            head_mac: self.account_genesis_mac(id).to_vec(),
+        }
+    }
+
+    /// Creates the bank's cash account (the source of ATM deposits) if it does not exist yet.
+    pub async fn ensure_cash_account(&self) -> Result<(), LedgerError> {
+        let mut tx = self.db.begin_write().await?;
+        if ledger_store::lock_account(&self.db, &mut tx, CASH_ACCOUNT_ID)
+            .await?
+            .is_none()
+        {
+            let row = self.new_account_row(CASH_ACCOUNT_ID, None, "cash");
+            ledger_store::insert_account(&mut tx, &row, crate::now_millis()).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Opens a customer's account inside the caller's transaction (sign-up).
+    pub async fn open_customer_account(
+        &self,
+        tx: &mut WriteTx,
+        user_id: i64,
+    ) -> Result<i64, LedgerError> {
+        let row = self.new_account_row(random_row_id(), Some(user_id), "customer");
+        ledger_store::insert_account(tx, &row, crate::now_millis()).await?;
+        Ok(row.id)
+    }
+
+    /// The customer's balance: one row read, one field opened.
+    pub async fn balance(&self, user_id: i64) -> Result<Money, LedgerError> {
+        let account = ledger_store::account_of_user(&self.db, user_id)
+            .await?
+            .ok_or(LedgerError::NoAccount)?;
+        Ok(Money::from_minor(self.keyring.open_i64(
+            &balance_aad(account.id),
+            &account.balance_enc,
+        )?))
+    }
+
+    /// The entry a customer's idempotency key already produced, if any (checked before anything
+    /// else on a money form, so a resubmission gets the first receipt whatever it carries).
+    pub async fn replayed_entry(
+        &self,
+        user_id: i64,
+        key: &IdempotencyKey,
+    ) -> Result<Option<i64>, LedgerError> {
+        Ok(ledger_store::idempotent_entry_db(&self.db, user_id, key.as_str()).await?)
+    }
+
+    /// ATM deposit: the bank's cash account pays the customer's account.
+    pub async fn deposit(
+        &self,
+        ctx: &AuditContext,
+        user_id: i64,
+        amount: DepositAmount,
+        card_name: &CardName,
+        key: &IdempotencyKey,
+    ) -> Result<Outcome, LedgerError> {
+        let mut tx = self.db.begin_write().await?;
+        if let Some(entry_id) =
+            ledger_store::idempotent_entry(tx.conn(), user_id, key.as_str()).await?
+        {
+            return Ok(Outcome::Replayed { entry_id });
+        }
+        let account_id = ledger_store::account_id_of_user(tx.conn(), user_id)
+            .await?
+            .ok_or(LedgerError::NoAccount)?;
+        let (cash, customer) = self.lock_pair(&mut tx, CASH_ACCOUNT_ID, account_id).await?;
+        // Re-checked under the locks: a concurrent submission with the same key may have won.
+        if let Some(entry_id) =
+            ledger_store::idempotent_entry(tx.conn(), user_id, key.as_str()).await?
+        {
+            return Ok(Outcome::Replayed { entry_id });
+        }
+        let entry_id = random_row_id();
+        let content = EntryContent {
+            id: entry_id,
+            kind: KIND_DEPOSIT,
+            initiator_user_id: user_id,
+            created_at: crate::now_millis(),
+            message: None,
+            card_name: Some(card_name.as_str()),
+        };
+        let minor = amount.amount().minor();
+        self.write_entry(&mut tx, &content, [(customer, minor), (cash, -minor)])
+            .await?;
+        ledger_store::insert_idempotency(
+            &mut tx,
+            user_id,
+            key.as_str(),
+            entry_id,
+            content.created_at,
+        )
+        .await?;
+        self.audit
+            .record_in(
+                &mut tx,
+                &ctx.with_user(user_id),
+                AuditEvent::Deposit { entry_id },
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(Outcome::Moved { entry_id })
+    }
+
+    /// Transfer to another customer by username (matched ignoring case).
+    pub async fn transfer(
+        &self,
+        ctx: &AuditContext,
+        user_id: i64,
+        to: &Username,
+        amount: Amount,
+        message: &Message,
+        key: &IdempotencyKey,
+    ) -> Result<Outcome, LedgerError> {
+        let mut tx = self.db.begin_write().await?;
+        if let Some(entry_id) =
+            ledger_store::idempotent_entry(tx.conn(), user_id, key.as_str()).await?
+        {
+            return Ok(Outcome::Replayed { entry_id });
+        }
+        let from_account = ledger_store::account_id_of_user(tx.conn(), user_id)
+            .await?
+            .ok_or(LedgerError::NoAccount)?;
+        let (to_user_id, _) = user_store::id_by_username_key_in(tx.conn(), &to.lookup_key())
+            .await?
+            .ok_or(LedgerError::UnknownReceiver)?;
+        if to_user_id == user_id {
+            return Err(LedgerError::SelfTransfer);
+        }
+        let to_account = ledger_store::account_id_of_user(tx.conn(), to_user_id)
+            .await?
+            .ok_or(LedgerError::UnknownReceiver)?;
+        let (from, receiver) = self.lock_pair(&mut tx, from_account, to_account).await?;
+        // Re-checked under the locks: a concurrent submission with the same key may have won.
+        if let Some(entry_id) =
+            ledger_store::idempotent_entry(tx.conn(), user_id, key.as_str()).await?
+        {
+            return Ok(Outcome::Replayed { entry_id });
+        }
+        let from_balance = self
+            .keyring
+            .open_i64(&balance_aad(from.id), &from.balance_enc)?;
+        if from_balance < amount.minor() {
+            return Err(LedgerError::InsufficientFunds);
+        }
+        let entry_id = random_row_id();
+        let content = EntryContent {
+            id: entry_id,
+            kind: KIND_TRANSFER,
+            initiator_user_id: user_id,
+            created_at: crate::now_millis(),
+            message: Some(message.as_str()),
+            card_name: None,
+        };
+        let minor = amount.minor();
+        self.write_entry(&mut tx, &content, [(from, -minor), (receiver, minor)])
+            .await?;
+        ledger_store::insert_idempotency(
+            &mut tx,
+            user_id,
+            key.as_str(),
+            entry_id,
+            content.created_at,
+        )
+        .await?;
+        self.audit
+            .record_in(
+                &mut tx,
+                &ctx.with_user(user_id),
+                AuditEvent::Transfer {
+                    entry_id,
+                    to_user_id,
+                },
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(Outcome::Moved { entry_id })
+    }
+
+    /// Locks two accounts in ascending id order (no deadlock) and returns them as `(a, b)`.
+    async fn lock_pair(
+        &self,
+        tx: &mut WriteTx,
+        a: i64,
+        b: i64,
+    ) -> Result<(AccountRow, AccountRow), LedgerError> {
+        let (first, second) = if a < b { (a, b) } else { (b, a) };
+        let first_row = ledger_store::lock_account(&self.db, tx, first)
+            .await?
+            .ok_or(LedgerError::NoAccount)?;
+        let second_row = ledger_store::lock_account(&self.db, tx, second)
+            .await?
+            .ok_or(LedgerError::NoAccount)?;
+        Ok(if a < b {
+            (first_row, second_row)
+        } else {
+            (second_row, first_row)
+        })
+    }
+
+    /// Writes the entry and its two postings, and moves both account heads.
+    async fn write_entry(
+        &self,
+        tx: &mut WriteTx,
+        content: &EntryContent<'_>,
+        postings: [(AccountRow, i64); 2],
+    ) -> Result<(), LedgerError> {
+        // Invariant (TigerBeetle style): the postings of an entry sum to zero.
+        let sum: i64 = postings.iter().map(|(_, amount)| amount).sum();
+        if sum != 0 {
+            return Err(
+                StoreError::Corrupt(format!("entry {} does not balance", content.id)).into(),
+            );
+        }
+        let entry_mac = self.entry_mac(content);
+        let entry = EntryRow {
+            id: content.id,
+            kind: content.kind.to_string(),
+            initiator_user_id: content.initiator_user_id,
+            created_at: content.created_at,
+            message_enc: content
+                .message
+                .map(|m| self.keyring.seal_str(&message_aad(content.id), m)),
+            card_name_enc: content
+                .card_name
+                .map(|c| self.keyring.seal_str(&card_name_aad(content.id), c)),
+            mac: entry_mac.to_vec(),
+        };
+        ledger_store::insert_entry(tx, &entry).await?;
+        let account_ids = postings.each_ref().map(|(account, _)| account.id);
+        for (index, (account, amount)) in postings.into_iter().enumerate() {
+            let counterparty = account_ids.get(1 - index).copied();
+            let old_balance = self
+                .keyring
+                .open_i64(&balance_aad(account.id), &account.balance_enc)?;
+            let new_balance = old_balance.checked_add(amount).ok_or_else(|| {
+                StoreError::Corrupt(format!("account {} would overflow", account.id))
+            })?;
+            if account.kind == "customer" && new_balance < 0 {
+                // The rules above make this unreachable; refuse rather than write a negative balance.
+                return Err(LedgerError::InsufficientFunds);
+            }
+            let seq = account.seq + 1;
+            let mut posting = PostingRow {
+                account_id: account.id,
+                seq,
+                entry_id: content.id,
+                counterparty_account_id: counterparty,
+                amount_enc: self.keyring.seal_i64(&amount_aad(account.id, seq), amount),
+                created_at: content.created_at,
+                prev_mac: account.head_mac.clone(),
+                mac: Vec::new(),
+            };
+            posting.mac = self.posting_mac(&posting, amount, &entry_mac).to_vec();
+            ledger_store::insert_posting(tx, &posting).await?;
+            let balance_enc = self.keyring.seal_i64(&balance_aad(account.id), new_balance);
+            ledger_store::update_account_head(tx, account.id, &balance_enc, seq, &posting.mac)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Page `page` (1 = newest) of a customer's history, `rows_per_page` rows. Reads only the
+    /// rows of that page, through the `(account_id, seq)` key.
+    pub async fn history(
+        &self,
+        user_id: i64,
+        page: u32,
+        rows_per_page: u32,
+    ) -> Result<HistoryPage, LedgerError> {
+        let account = ledger_store::account_of_user(&self.db, user_id)
+            .await?
+            .ok_or(LedgerError::NoAccount)?;
+        let per_page = i64::from(rows_per_page.max(1));
+        let total = account.seq;
+        let last_page =
+            u32::try_from(((total + per_page - 1) / per_page).max(1)).unwrap_or(u32::MAX);
+        if page == 0 || page > last_page {
+            return Err(LedgerError::NoSuchPage { last_page });
+        }
+        let seq_high = total - (i64::from(page) - 1) * per_page;
+        let seq_low = (seq_high - per_page + 1).max(1);
+        let rows = ledger_store::history_range(&self.db, account.id, seq_low, seq_high).await?;
+        let rows = rows
+            .into_iter()
+            .map(|row| self.view(account.id, row))
+            .collect::<Result<_, _>>()?;
+        Ok(HistoryPage {
+            rows,
+            page,
+            last_page,
+            total_rows: total,
+        })
+    }
+
+    /// The customer's side of one entry (a receipt), if the entry touched their account.
+    pub async fn movement(
+        &self,
+        user_id: i64,
+        entry_id: i64,
+    ) -> Result<Option<MovementView>, LedgerError> {
+        let Some(account) = ledger_store::account_of_user(&self.db, user_id).await? else {
+            return Ok(None);
+        };
+        match ledger_store::history_row_of_entry(&self.db, account.id, entry_id).await? {
+            Some(row) => Ok(Some(self.view(account.id, row)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn view(&self, account_id: i64, row: HistoryRow) -> Result<MovementView, LedgerError> {
+        let amount = self
+            .keyring
+            .open_i64(&amount_aad(account_id, row.seq), &row.amount_enc)?;
+        let message = row
+            .message_enc
+            .map(|ct| self.keyring.open_string(&message_aad(row.entry_id), &ct))
+            .transpose()?;
+        let card_name = row
+            .card_name_enc
+            .map(|ct| self.keyring.open_string(&card_name_aad(row.entry_id), &ct))
+            .transpose()?;
+        Ok(MovementView {
+            entry_id: row.entry_id,
+            seq: row.seq,
+            created_at: row.created_at,
+            kind: row.kind,
+            amount: Money::from_minor(amount),
+            counterparty: row.counterparty,
+            message,
+            card_name,
+        })
+    }
+
+    /// Records a refused movement (the customer's mistake, not an operating error).
+    pub async fn audit_refusal(
+        &self,
+        ctx: &AuditContext,
+        kind: &'static str,
+        reason: &'static str,
+    ) {
+        self.audit
+            .record_best_effort(ctx, AuditEvent::MoneyMovementRefused { kind, reason })
+            .await;
+    }
+
+    pub(crate) fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+}

@@ -1,0 +1,35 @@
+//! AlphaBank: a security-first, server-rendered web bank.
+//!
+//! Data flows one way: `web` parses input into `domain` types at the edge and calls a service
+//! (`ledger`, `audit`), which uses `store` (the only module that owns SQL) and `crypto` (the only
+//! module that touches key material). See `docs/architecture.md`.
+#![forbid(unsafe_code)]
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::await_holding_lock
+)]
+
+pub mod audit;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod customers;
+pub mod domain;
+pub mod ledger;
+pub mod limits;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod tls;
+pub mod web;
+
+/// Wall-clock time in milliseconds since the Unix epoch, the single time unit stored in the database.
+pub fn now_millis() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+}

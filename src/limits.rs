@@ -1,0 +1,39 @@
+//! Every bound the bank enforces, in one place (TigerBeetle style: units last).
+//! `docs/limits.md` lists each with its reason; tests assert each one.
+
+use std::time::Duration;
+
+/// Largest accepted request body (forms are small; 16 KiB is generous).
+pub const REQUEST_BODY_BYTES_MAX: usize = 16 * 1024;
+/// A request that takes longer than this is answered 408/503 and dropped.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A client must send its request head within this time (slowloris).
+pub const REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Graceful shutdown waits at most this long for in-flight requests.
+pub const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Database pool size for SQLite (one writer at a time anyway; readers run in parallel under WAL).
+pub const DB_POOL_CONNECTIONS_SQLITE_MAX: u32 = 8;
+/// Database pool size for PostgreSQL, per instance.
+pub const DB_POOL_CONNECTIONS_POSTGRES_MAX: u32 = 16;
+/// Waiting longer than this for a pooled connection fails the request (503) instead of queueing forever.
+pub const DB_POOL_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// SQLite busy timeout for cross-process write contention (CLI beside a running server).
+pub const SQLITE_BUSY_TIMEOUT_MILLIS: u32 = 5_000;
+
+/// Largest ATM deposit: 10 000,00 kr (from the original AlphaBank design).
+pub const ATM_DEPOSIT_MINOR_MAX: i64 = 1_000_000;
+/// Largest amount a form may carry: 9 integer digits of kroner plus øre.
+pub const AMOUNT_MINOR_MAX: i64 = 99_999_999_999;
+
+/// Rows per page in the full transaction history.
+pub const HISTORY_PAGE_ROWS: u32 = 20;
+/// Movements shown on the home page.
+pub const HOME_RECENT_ROWS: u32 = 10;
+/// Rows read per batch when `verify` or `keys rotate` walks a table.
+pub const SCAN_BATCH_ROWS: i64 = 500;
+
+/// `audit tail -n` upper bound.
+pub const AUDIT_TAIL_ROWS_MAX: u32 = 10_000;
+/// Anonymous audit events (no user) are spread over this many chains so they do not contend.
+pub const AUDIT_ANONYMOUS_STREAMS: u64 = 16;

@@ -1,0 +1,331 @@
+//! Start-up: open the services (database, migrations, keyring, ledger, audit) and build the
+//! listeners. `Application::build` binds (port 0 in tests) and exposes `port()`; `main` only
+//! parses the command line and calls it.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+use axum_server::Handle;
+use axum_server::tls_rustls::RustlsConfig;
+
+use crate::audit::AuditLog;
+use crate::config::{CaptchaMode, Config};
+use crate::crypto::master::MasterKeySource;
+use crate::crypto::{CryptoError, Keyring, MasterKey};
+use crate::ledger::Ledger;
+use crate::limits::SHUTDOWN_DRAIN_TIMEOUT;
+use crate::store::{Db, keys as key_store};
+
+/// Everything a request or a CLI command needs; cheap to share.
+#[derive(Clone, Debug)]
+pub struct Services {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub keyring: Keyring,
+    pub audit: AuditLog,
+    pub ledger: Ledger,
+    pub master_key_source: MasterKeySource,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("database: {0}")]
+    Database(String),
+    #[error("{0}")]
+    Keys(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind { addr: SocketAddr, reason: String },
+    #[error("data directory: {0}")]
+    DataDir(String),
+}
+
+fn prepare_data_dir(config: &Config) -> Result<(), StartError> {
+    let dir = &config.data_dir;
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StartError::DataDir(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| StartError::DataDir(format!("cannot protect {}: {e}", dir.display())))?;
+        tracing::info!(path = %dir.display(), "created data directory");
+    }
+    Ok(())
+}
+
+/// Opens the database (applying migrations) and the keyring. Every command goes through here, so
+/// a master key that cannot open the stored data keys stops every command.
+pub async fn open_services(config: Config) -> Result<Services, StartError> {
+    if config.is_sqlite() {
+        prepare_data_dir(&config)?;
+    }
+    let db = Db::connect(config.database_url.expose())
+        .await
+        .map_err(|e| StartError::Database(e.to_string()))?;
+    db.migrate()
+        .await
+        .map_err(|e| StartError::Database(format!("migration failed: {e}")))?;
+    let keys_exist = !key_store::list(&db)
+        .await
+        .map_err(|e| StartError::Database(e.to_string()))?
+        .is_empty();
+    let (master, master_key_source) = MasterKey::load(
+        config.master_key.as_ref().map(|s| s.expose()),
+        &config.master_key_file,
+        !keys_exist,
+    )
+    .map_err(|e| StartError::Keys(e.to_string()))?;
+    let keyring = Keyring::load(&db, master).await.map_err(|e| match e {
+        CryptoError::WrongMasterKey => StartError::Keys(
+            "the master key cannot open the stored data keys (wrong ALPHABANK_MASTER_KEY or master key file)".into(),
+        ),
+        other => StartError::Keys(other.to_string()),
+    })?;
+    let audit = AuditLog::new(db.clone(), keyring.clone());
+    let ledger = Ledger::new(db.clone(), keyring.clone(), audit.clone());
+    ledger
+        .ensure_cash_account()
+        .await
+        .map_err(|e| StartError::Database(e.to_string()))?;
+    Ok(Services {
+        config: Arc::new(config),
+        db,
+        keyring,
+        audit,
+        ledger,
+        master_key_source,
+    })
+}
+
+/// A bound, ready-to-run web server (and its optional HTTP→HTTPS redirector).
+pub struct Application {
+    services: Services,
+    listener: std::net::TcpListener,
+    port: u16,
+    tls: Option<RustlsConfig>,
+    redirect: Option<(std::net::TcpListener, u16)>,
+    handle: Handle<SocketAddr>,
+}
+
+/// Stops a running [`Application`] gracefully (in-flight requests drain).
+#[derive(Clone)]
+pub struct ShutdownHandle(Handle<SocketAddr>);
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        self.0.graceful_shutdown(Some(SHUTDOWN_DRAIN_TIMEOUT));
+    }
+}
+
+fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, StartError> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| StartError::Bind {
+        addr,
+        reason: e.to_string(),
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| StartError::Bind {
+            addr,
+            reason: e.to_string(),
+        })?;
+    Ok(listener)
+}
+
+fn local_port(listener: &std::net::TcpListener, addr: SocketAddr) -> Result<u16, StartError> {
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| StartError::Bind {
+            addr,
+            reason: e.to_string(),
+        })
+}
+
+impl Application {
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        let services = open_services(config).await?;
+        let config = services.config.clone();
+        log_start_warnings(&config);
+        match &services.master_key_source {
+            MasterKeySource::Generated(path) => {
+                tracing::info!(path = %path.display(), "generated a new master key (mode 0600); back it up: without it the data cannot be read")
+            }
+            MasterKeySource::File(path) => {
+                tracing::info!(path = %path.display(), "master key loaded from file")
+            }
+            MasterKeySource::Environment => {
+                tracing::info!("master key loaded from ALPHABANK_MASTER_KEY")
+            }
+        }
+        let tls = if config.plain_http {
+            None
+        } else {
+            let files = crate::tls::ensure_files(
+                config.tls_cert.as_deref(),
+                config.tls_key.as_deref(),
+                &config.data_dir,
+            )
+            .map_err(|e| StartError::Tls(e.to_string()))?;
+            let fingerprint =
+                crate::tls::fingerprint(&files.cert).map_err(|e| StartError::Tls(e.to_string()))?;
+            tracing::info!(
+                certificate = %files.cert.display(),
+                private_key = %files.key.display(),
+                sha256_fingerprint = %fingerprint,
+                generated = files.generated,
+                "TLS certificate"
+            );
+            let server_config =
+                crate::tls::server_config(&files).map_err(|e| StartError::Tls(e.to_string()))?;
+            Some(RustlsConfig::from_config(server_config))
+        };
+        let listener = bind(config.listen)?;
+        let port = local_port(&listener, config.listen)?;
+        let redirect = match config.http_redirect_listen {
+            Some(addr) => {
+                let l = bind(addr)?;
+                let p = local_port(&l, addr)?;
+                Some((l, p))
+            }
+            None => None,
+        };
+        Ok(Application {
+            services,
+            listener,
+            port,
+            tls,
+            redirect,
+            handle: Handle::new(),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn redirect_port(&self) -> Option<u16> {
+        self.redirect.as_ref().map(|(_, p)| *p)
+    }
+
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.handle.clone())
+    }
+
+    /// Serves until SIGTERM/SIGINT (or a [`ShutdownHandle`]), drains in-flight requests, then
+    /// closes the database.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let Application {
+            services,
+            listener,
+            port,
+            tls,
+            redirect,
+            handle,
+        } = self;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(address = %format!("{scheme}://{}", listener.local_addr()?), "AlphaBank is serving");
+        let signal_handle = handle.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown requested; draining in-flight requests");
+            signal_handle.graceful_shutdown(Some(SHUTDOWN_DRAIN_TIMEOUT));
+        });
+        let refresh = spawn_keyring_refresh(&services);
+        let redirect_task = redirect.map(|(l, _)| {
+            let redirect_handle = Handle::new();
+            let inner = redirect_handle.clone();
+            tokio::spawn(async move {
+                let app = crate::web::redirect_router(port);
+                let served = axum_server::from_tcp(l)
+                    .map(|s| s.handle(inner).serve(app.into_make_service()));
+                match served {
+                    Ok(fut) => {
+                        if let Err(error) = fut.await {
+                            tracing::error!(%error, "redirect listener failed");
+                        }
+                    }
+                    Err(error) => tracing::error!(%error, "redirect listener failed"),
+                }
+            });
+            redirect_handle
+        });
+        let app = crate::web::router(services.clone())
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let result = match tls {
+            Some(tls) => {
+                axum_server::from_tcp_rustls(listener, tls)?
+                    .handle(handle)
+                    .serve(app)
+                    .await
+            }
+            None => {
+                axum_server::from_tcp(listener)?
+                    .handle(handle)
+                    .serve(app)
+                    .await
+            }
+        };
+        if let Some(redirect_handle) = redirect_task {
+            redirect_handle.graceful_shutdown(Some(SHUTDOWN_DRAIN_TIMEOUT));
+        }
+        refresh.abort();
+        services.db.close().await;
+        tracing::info!("stopped; database closed");
+        result
+    }
+}
+
+/// How often a running server re-reads the stored data keys (after `keys rotate`).
+const KEYRING_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn spawn_keyring_refresh(services: &Services) -> tokio::task::JoinHandle<()> {
+    let keyring = services.keyring.clone();
+    let db = services.db.clone();
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(KEYRING_REFRESH_INTERVAL);
+        interval.tick().await;
+        loop {
+            interval.tick().await;
+            if let Err(error) = keyring.refresh(&db).await {
+                tracing::error!(%error, "could not refresh the keyring");
+            }
+        }
+    })
+}
+
+fn log_start_warnings(config: &Config) {
+    if config.plain_http {
+        tracing::warn!(
+            "ALPHABANK_PLAIN_HTTP=true: serving plain HTTP; only safe behind a TLS-terminating proxy"
+        );
+    }
+    if config.captcha == CaptchaMode::Off {
+        tracing::warn!(
+            "ALPHABANK_CAPTCHA=off: forms are not protected against bots; never use this in production"
+        );
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,187 @@
+//! SQL for the audit log: append-only events, chained per stream, with one head row per stream.
+
+use sqlx::AnyConnection;
+
+use super::{Db, StoreError, WriteTx};
+
+#[derive(Debug, Clone)]
+pub struct AuditRow {
+    pub id: i64,
+    pub stream: String,
+    pub seq: i64,
+    pub created_at: i64,
+    pub event: String,
+    pub user_id: Option<i64>,
+    pub client_ip: Option<String>,
+    pub request_id: Option<String>,
+    pub detail: String,
+    pub prev_mac: Vec<u8>,
+    pub mac: Vec<u8>,
+}
+
+type AuditTuple = (
+    i64,
+    String,
+    i64,
+    i64,
+    String,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    String,
+    Vec<u8>,
+    Vec<u8>,
+);
+
+fn row(t: AuditTuple) -> AuditRow {
+    AuditRow {
+        id: t.0,
+        stream: t.1,
+        seq: t.2,
+        created_at: t.3,
+        event: t.4,
+        user_id: t.5,
+        client_ip: t.6,
+        request_id: t.7,
+        detail: t.8,
+        prev_mac: t.9,
+        mac: t.10,
+    }
+}
+
+const COLUMNS: &str =
+    "id, stream, seq, created_at, event, user_id, client_ip, request_id, detail, prev_mac, mac";
+
+/// Locks the head of `stream` (creating it with `genesis_mac` if new) and returns `(seq, mac)`.
+pub async fn lock_head(
+    db: &Db,
+    tx: &mut WriteTx,
+    stream: &str,
+    genesis_mac: &[u8],
+) -> Result<(i64, Vec<u8>), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit_heads (stream, seq, mac) VALUES ($1, 0, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(stream)
+    .bind(genesis_mac)
+    .execute(tx.conn())
+    .await?;
+    let sql = db.for_update(
+        "SELECT seq, mac FROM audit_heads WHERE stream = $1 FOR UPDATE",
+        "SELECT seq, mac FROM audit_heads WHERE stream = $1",
+    );
+    let head: (i64, Vec<u8>) = sqlx::query_as(sql)
+        .bind(stream)
+        .fetch_one(tx.conn())
+        .await?;
+    Ok(head)
+}
+
+pub async fn append(tx: &mut WriteTx, event: &AuditRow) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit_events (stream, seq, created_at, event, user_id, client_ip, request_id, detail, prev_mac, mac) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(&event.stream)
+    .bind(event.seq)
+    .bind(event.created_at)
+    .bind(&event.event)
+    .bind(event.user_id)
+    .bind(event.client_ip.as_deref())
+    .bind(event.request_id.as_deref())
+    .bind(&event.detail)
+    .bind(&event.prev_mac)
+    .bind(&event.mac)
+    .execute(tx.conn())
+    .await
+    .map_err(|e| StoreError::from_insert(e, "audit sequence number"))?;
+    let updated =
+        sqlx::query("UPDATE audit_heads SET seq = $1, mac = $2 WHERE stream = $3 AND seq = $4")
+            .bind(event.seq)
+            .bind(&event.mac)
+            .bind(&event.stream)
+            .bind(event.seq - 1)
+            .execute(tx.conn())
+            .await?
+            .rows_affected();
+    if updated != 1 {
+        return Err(StoreError::Corrupt(format!(
+            "audit stream {} moved while locked",
+            event.stream
+        )));
+    }
+    Ok(())
+}
+
+/// The newest `limit` events, oldest first.
+pub async fn tail(db: &Db, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
+    let sql = sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM audit_events ORDER BY id DESC LIMIT $1"
+    ));
+    let rows: Vec<AuditTuple> = sqlx::query_as(sql).bind(limit).fetch_all(db.pool()).await?;
+    let mut rows: Vec<AuditRow> = rows.into_iter().map(row).collect();
+    rows.reverse();
+    Ok(rows)
+}
+
+/// The newest `limit` events of one user, newest first (settings page).
+pub async fn recent_for_user(
+    db: &Db,
+    user_id: i64,
+    limit: i64,
+) -> Result<Vec<AuditRow>, StoreError> {
+    let sql = sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM audit_events WHERE user_id = $1 ORDER BY id DESC LIMIT $2"
+    ));
+    let rows: Vec<AuditTuple> = sqlx::query_as(sql)
+        .bind(user_id)
+        .bind(limit)
+        .fetch_all(db.pool())
+        .await?;
+    Ok(rows.into_iter().map(row).collect())
+}
+
+/// Stream heads after `after` in name order (for `verify`).
+pub async fn heads_after(
+    conn: &mut AnyConnection,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<(String, i64, Vec<u8>)>, StoreError> {
+    let rows = sqlx::query_as(
+        "SELECT stream, seq, mac FROM audit_heads WHERE stream > $1 ORDER BY stream LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows)
+}
+
+/// Events of one stream after `after_seq`, in chain order (for `verify`).
+pub async fn stream_after(
+    conn: &mut AnyConnection,
+    stream: &str,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<AuditRow>, StoreError> {
+    let sql = sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM audit_events WHERE stream = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+    ));
+    let rows: Vec<AuditTuple> = sqlx::query_as(sql)
+        .bind(stream)
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(rows.into_iter().map(row).collect())
+}
+
+/// Streams that have events but no head row (a deleted head is tampering).
+pub async fn streams_without_head(conn: &mut AnyConnection) -> Result<Vec<String>, StoreError> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT DISTINCT e.stream FROM audit_events e LEFT JOIN audit_heads h ON h.stream = e.stream WHERE h.stream IS NULL",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.into_iter().map(|(s,)| s).collect())
+}

@@ -1,0 +1,395 @@
+//! SQL for accounts, journal entries, postings and idempotency outcomes.
+
+use sqlx::AnyConnection;
+
+use super::{Db, StoreError, WriteTx};
+
+pub const CASH_ACCOUNT_ID: i64 = 1;
+
+#[derive(Debug, Clone)]
+pub struct AccountRow {
+    pub id: i64,
+    pub user_id: Option<i64>,
+    pub kind: String,
+    pub balance_enc: Vec<u8>,
+    pub seq: i64,
+    pub head_mac: Vec<u8>,
+}
+
+type AccountTuple = (i64, Option<i64>, String, Vec<u8>, i64, Vec<u8>);
+
+fn account(t: AccountTuple) -> AccountRow {
+    AccountRow {
+        id: t.0,
+        user_id: t.1,
+        kind: t.2,
+        balance_enc: t.3,
+        seq: t.4,
+        head_mac: t.5,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EntryRow {
+    pub id: i64,
+    pub kind: String,
+    pub initiator_user_id: i64,
+    pub created_at: i64,
+    pub message_enc: Option<Vec<u8>>,
+    pub card_name_enc: Option<Vec<u8>>,
+    pub mac: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PostingRow {
+    pub account_id: i64,
+    pub seq: i64,
+    pub entry_id: i64,
+    pub counterparty_account_id: Option<i64>,
+    pub amount_enc: Vec<u8>,
+    pub created_at: i64,
+    pub prev_mac: Vec<u8>,
+    pub mac: Vec<u8>,
+}
+
+/// One history row: a posting with its entry and the counterparty's username.
+#[derive(Debug, Clone)]
+pub struct HistoryRow {
+    pub seq: i64,
+    pub entry_id: i64,
+    pub amount_enc: Vec<u8>,
+    pub created_at: i64,
+    pub kind: String,
+    pub message_enc: Option<Vec<u8>>,
+    pub card_name_enc: Option<Vec<u8>>,
+    pub counterparty: Option<String>,
+}
+
+pub async fn insert_account(
+    tx: &mut WriteTx,
+    row: &AccountRow,
+    created_at: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO accounts (id, user_id, kind, balance_enc, seq, head_mac, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(row.id)
+    .bind(row.user_id)
+    .bind(&row.kind)
+    .bind(&row.balance_enc)
+    .bind(row.seq)
+    .bind(&row.head_mac)
+    .bind(created_at)
+    .execute(tx.conn())
+    .await
+    .map_err(|e| StoreError::from_insert(e, "account"))?;
+    Ok(())
+}
+
+/// Locks an account row for the rest of the transaction (PostgreSQL `FOR UPDATE`).
+pub async fn lock_account(
+    db: &Db,
+    tx: &mut WriteTx,
+    id: i64,
+) -> Result<Option<AccountRow>, StoreError> {
+    let sql = db.for_update(
+        "SELECT id, user_id, kind, balance_enc, seq, head_mac FROM accounts WHERE id = $1 FOR UPDATE",
+        "SELECT id, user_id, kind, balance_enc, seq, head_mac FROM accounts WHERE id = $1",
+    );
+    let row: Option<AccountTuple> = sqlx::query_as(sql)
+        .bind(id)
+        .fetch_optional(tx.conn())
+        .await?;
+    Ok(row.map(account))
+}
+
+pub async fn account_id_of_user(
+    conn: &mut AnyConnection,
+    user_id: i64,
+) -> Result<Option<i64>, StoreError> {
+    let row: Option<(i64,)> = sqlx::query_as("SELECT id FROM accounts WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map(|(id,)| id))
+}
+
+pub async fn account_of_user(db: &Db, user_id: i64) -> Result<Option<AccountRow>, StoreError> {
+    let row: Option<AccountTuple> = sqlx::query_as(
+        "SELECT id, user_id, kind, balance_enc, seq, head_mac FROM accounts WHERE user_id = $1",
+    )
+    .bind(user_id)
+    .fetch_optional(db.pool())
+    .await?;
+    Ok(row.map(account))
+}
+
+/// Accounts in id order, a batch at a time (for `verify`).
+pub async fn accounts_after(
+    conn: &mut AnyConnection,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<AccountRow>, StoreError> {
+    let rows: Vec<AccountTuple> = sqlx::query_as(
+        "SELECT id, user_id, kind, balance_enc, seq, head_mac FROM accounts WHERE id > $1 ORDER BY id LIMIT $2",
+    )
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.into_iter().map(account).collect())
+}
+
+pub async fn update_account_head(
+    tx: &mut WriteTx,
+    id: i64,
+    balance_enc: &[u8],
+    seq: i64,
+    head_mac: &[u8],
+) -> Result<(), StoreError> {
+    let updated = sqlx::query(
+        "UPDATE accounts SET balance_enc = $1, seq = $2, head_mac = $3 WHERE id = $4 AND seq = $5",
+    )
+    .bind(balance_enc)
+    .bind(seq)
+    .bind(head_mac)
+    .bind(id)
+    .bind(seq - 1)
+    .execute(tx.conn())
+    .await?
+    .rows_affected();
+    if updated != 1 {
+        return Err(StoreError::Corrupt(format!(
+            "account {id} moved while locked"
+        )));
+    }
+    Ok(())
+}
+
+pub async fn insert_entry(tx: &mut WriteTx, row: &EntryRow) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO journal_entries (id, kind, initiator_user_id, created_at, message_enc, card_name_enc, mac) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(row.id)
+    .bind(&row.kind)
+    .bind(row.initiator_user_id)
+    .bind(row.created_at)
+    .bind(row.message_enc.as_deref())
+    .bind(row.card_name_enc.as_deref())
+    .bind(&row.mac)
+    .execute(tx.conn())
+    .await
+    .map_err(|e| StoreError::from_insert(e, "journal entry"))?;
+    Ok(())
+}
+
+pub async fn insert_posting(tx: &mut WriteTx, row: &PostingRow) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO postings (account_id, seq, entry_id, counterparty_account_id, amount_enc, created_at, prev_mac, mac) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(row.account_id)
+    .bind(row.seq)
+    .bind(row.entry_id)
+    .bind(row.counterparty_account_id)
+    .bind(&row.amount_enc)
+    .bind(row.created_at)
+    .bind(&row.prev_mac)
+    .bind(&row.mac)
+    .execute(tx.conn())
+    .await
+    .map_err(|e| StoreError::from_insert(e, "posting"))?;
+    Ok(())
+}
+
+/// The entry a customer's idempotency key already produced, if any.
+pub async fn idempotent_entry(
+    conn: &mut AnyConnection,
+    user_id: i64,
+    key: &str,
+) -> Result<Option<i64>, StoreError> {
+    let row: Option<(i64,)> =
+        sqlx::query_as("SELECT entry_id FROM idempotency_keys WHERE user_id = $1 AND key = $2")
+            .bind(user_id)
+            .bind(key)
+            .fetch_optional(conn)
+            .await?;
+    Ok(row.map(|(id,)| id))
+}
+
+pub async fn idempotent_entry_db(
+    db: &Db,
+    user_id: i64,
+    key: &str,
+) -> Result<Option<i64>, StoreError> {
+    let mut conn = db.pool().acquire().await?;
+    idempotent_entry(&mut conn, user_id, key).await
+}
+
+pub async fn insert_idempotency(
+    tx: &mut WriteTx,
+    user_id: i64,
+    key: &str,
+    entry_id: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO idempotency_keys (user_id, key, entry_id, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(user_id)
+    .bind(key)
+    .bind(entry_id)
+    .bind(now)
+    .execute(tx.conn())
+    .await
+    .map_err(|e| StoreError::from_insert(e, "idempotency key"))?;
+    Ok(())
+}
+
+type HistoryTuple = (
+    i64,
+    i64,
+    Vec<u8>,
+    i64,
+    String,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Option<String>,
+);
+
+/// Postings of one account with `seq` in `[seq_low, seq_high]`, newest first. Reads only the rows
+/// asked for, through the `(account_id, seq)` primary key, whatever the history's length.
+pub async fn history_range(
+    db: &Db,
+    account_id: i64,
+    seq_low: i64,
+    seq_high: i64,
+) -> Result<Vec<HistoryRow>, StoreError> {
+    let rows: Vec<HistoryTuple> = sqlx::query_as(
+        "SELECT p.seq, p.entry_id, p.amount_enc, p.created_at, e.kind, e.message_enc, e.card_name_enc, u.username \
+         FROM postings p \
+         JOIN journal_entries e ON e.id = p.entry_id \
+         LEFT JOIN accounts ca ON ca.id = p.counterparty_account_id \
+         LEFT JOIN users u ON u.id = ca.user_id \
+         WHERE p.account_id = $1 AND p.seq >= $2 AND p.seq <= $3 \
+         ORDER BY p.seq DESC",
+    )
+    .bind(account_id)
+    .bind(seq_low)
+    .bind(seq_high)
+    .fetch_all(db.pool())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|t| HistoryRow {
+            seq: t.0,
+            entry_id: t.1,
+            amount_enc: t.2,
+            created_at: t.3,
+            kind: t.4,
+            message_enc: t.5,
+            card_name_enc: t.6,
+            counterparty: t.7,
+        })
+        .collect())
+}
+
+/// The posting of `account_id` in `entry_id` (a receipt), with the same shape as a history row.
+pub async fn history_row_of_entry(
+    db: &Db,
+    account_id: i64,
+    entry_id: i64,
+) -> Result<Option<HistoryRow>, StoreError> {
+    let row: Option<HistoryTuple> = sqlx::query_as(
+        "SELECT p.seq, p.entry_id, p.amount_enc, p.created_at, e.kind, e.message_enc, e.card_name_enc, u.username \
+         FROM postings p \
+         JOIN journal_entries e ON e.id = p.entry_id \
+         LEFT JOIN accounts ca ON ca.id = p.counterparty_account_id \
+         LEFT JOIN users u ON u.id = ca.user_id \
+         WHERE p.account_id = $1 AND p.entry_id = $2",
+    )
+    .bind(account_id)
+    .bind(entry_id)
+    .fetch_optional(db.pool())
+    .await?;
+    Ok(row.map(|t| HistoryRow {
+        seq: t.0,
+        entry_id: t.1,
+        amount_enc: t.2,
+        created_at: t.3,
+        kind: t.4,
+        message_enc: t.5,
+        card_name_enc: t.6,
+        counterparty: t.7,
+    }))
+}
+
+type PostingTuple = (i64, i64, i64, Option<i64>, Vec<u8>, i64, Vec<u8>, Vec<u8>);
+
+/// Postings of one account after `after_seq`, in chain order (for `verify`).
+pub async fn postings_after(
+    conn: &mut AnyConnection,
+    account_id: i64,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<PostingRow>, StoreError> {
+    let rows: Vec<PostingTuple> = sqlx::query_as(
+        "SELECT account_id, seq, entry_id, counterparty_account_id, amount_enc, created_at, prev_mac, mac \
+         FROM postings WHERE account_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+    )
+    .bind(account_id)
+    .bind(after_seq)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|t| PostingRow {
+            account_id: t.0,
+            seq: t.1,
+            entry_id: t.2,
+            counterparty_account_id: t.3,
+            amount_enc: t.4,
+            created_at: t.5,
+            prev_mac: t.6,
+            mac: t.7,
+        })
+        .collect())
+}
+
+type EntryTuple = (
+    i64,
+    String,
+    i64,
+    i64,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Vec<u8>,
+);
+
+/// Journal entries in id order, a batch at a time (for `verify`).
+pub async fn entries_after(
+    conn: &mut AnyConnection,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<EntryRow>, StoreError> {
+    let rows: Vec<EntryTuple> = sqlx::query_as(
+        "SELECT id, kind, initiator_user_id, created_at, message_enc, card_name_enc, mac \
+         FROM journal_entries WHERE id > $1 ORDER BY id LIMIT $2",
+    )
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|t| EntryRow {
+            id: t.0,
+            kind: t.1,
+            initiator_user_id: t.2,
+            created_at: t.3,
+            message_enc: t.4,
+            card_name_enc: t.5,
+            mac: t.6,
+        })
+        .collect())
+}

@@ -1,0 +1,259 @@
+//! The database: the one module that owns SQL. SQLite (bundled, WAL, `synchronous=FULL`) is the
+//! embedded default; PostgreSQL is chosen by a `postgres://` URL. Both go through sqlx's `Any`
+//! driver with `$N` placeholders, which both engines accept; the few statements that differ
+//! (row locks, schema) are chosen per engine here and nowhere else.
+//!
+//! Writers: on SQLite a write transaction starts with `BEGIN IMMEDIATE` behind an in-process
+//! write gate (one writer at a time, readers in parallel under WAL; the busy timeout covers a CLI
+//! command writing beside a running server). On PostgreSQL rows are locked with
+//! `SELECT … FOR UPDATE` in a fixed order, so unrelated accounts never wait for each other.
+
+pub mod audit;
+pub mod keys;
+pub mod ledger;
+pub mod sealed;
+pub mod users;
+
+use std::sync::Arc;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Transaction};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use crate::limits::{
+    DB_POOL_ACQUIRE_TIMEOUT, DB_POOL_CONNECTIONS_POSTGRES_MAX, DB_POOL_CONNECTIONS_SQLITE_MAX,
+    SQLITE_BUSY_TIMEOUT_MILLIS,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("a row with the same {0} already exists")]
+    Conflict(&'static str),
+    #[error("the database is busy; try again")]
+    Busy,
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Maps a unique-constraint violation to [`StoreError::Conflict`] (no check-then-insert races).
+    pub(crate) fn from_insert(error: sqlx::Error, what: &'static str) -> Self {
+        match error.as_database_error() {
+            Some(db) if db.is_unique_violation() => StoreError::Conflict(what),
+            _ => StoreError::Database(error),
+        }
+    }
+}
+
+/// A pooled database handle; cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    pool: AnyPool,
+    engine: Engine,
+    write_gate: Option<Arc<Mutex<()>>>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Db({:?})", self.engine)
+    }
+}
+
+/// A write transaction. Dropping it without [`WriteTx::commit`] rolls back.
+pub struct WriteTx {
+    tx: Transaction<'static, Any>,
+    _gate: Option<OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    pub fn conn(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+const MIGRATIONS_SQLITE: &[(i64, &str)] =
+    &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS_POSTGRES: &[(i64, &str)] =
+    &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+
+impl Db {
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let engine = if url.starts_with("sqlite:") {
+            Engine::Sqlite
+        } else {
+            Engine::Postgres
+        };
+        if engine == Engine::Sqlite {
+            create_sqlite_parent_dir(url);
+        }
+        let options: AnyConnectOptions = url.parse()?;
+        let max_connections = match engine {
+            Engine::Sqlite => DB_POOL_CONNECTIONS_SQLITE_MAX,
+            Engine::Postgres => DB_POOL_CONNECTIONS_POSTGRES_MAX,
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(DB_POOL_ACQUIRE_TIMEOUT)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    match engine {
+                        Engine::Sqlite => {
+                            // Durability first: acknowledged writes survive a crash or power loss.
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                            conn.execute("PRAGMA synchronous = FULL").await?;
+                            conn.execute("PRAGMA foreign_keys = ON").await?;
+                            conn.execute(sqlx::AssertSqlSafe(format!(
+                                "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MILLIS}"
+                            )))
+                            .await?;
+                        }
+                        Engine::Postgres => {
+                            conn.execute("SET synchronous_commit = on").await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        let write_gate = (engine == Engine::Sqlite).then(|| Arc::new(Mutex::new(())));
+        Ok(Db {
+            pool,
+            engine,
+            write_gate,
+        })
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Starts a write transaction (see the module doc for the locking scheme).
+    pub async fn begin_write(&self) -> Result<WriteTx, StoreError> {
+        let gate = match &self.write_gate {
+            Some(gate) => Some(
+                tokio::time::timeout(DB_POOL_ACQUIRE_TIMEOUT, gate.clone().lock_owned())
+                    .await
+                    .map_err(|_| StoreError::Busy)?,
+            ),
+            None => None,
+        };
+        let tx = match self.engine {
+            Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Engine::Postgres => self.pool.begin().await?,
+        };
+        Ok(WriteTx { tx, _gate: gate })
+    }
+
+    /// Applies pending migrations; returns how many ran. Safe to run from several processes.
+    pub async fn migrate(&self) -> Result<usize, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let migrations = match self.engine {
+            Engine::Sqlite => MIGRATIONS_SQLITE,
+            Engine::Postgres => {
+                // Serialises concurrent migrators (several instances starting at once).
+                sqlx::query("SELECT pg_advisory_xact_lock(7263554901)")
+                    .execute(tx.conn())
+                    .await?;
+                MIGRATIONS_POSTGRES
+            }
+        };
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .execute(tx.conn())
+        .await?;
+        let applied: Vec<(i64,)> = sqlx::query_as("SELECT version FROM schema_migrations")
+            .fetch_all(tx.conn())
+            .await?;
+        let mut ran = 0;
+        for (version, sql) in migrations {
+            if applied.iter().any(|(v,)| v == version) {
+                continue;
+            }
+            sqlx::raw_sql(*sql).execute(tx.conn()).await?;
+            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+                .bind(*version)
+                .bind(crate::now_millis())
+                .execute(tx.conn())
+                .await?;
+            ran += 1;
+        }
+        tx.commit().await?;
+        Ok(ran)
+    }
+
+    /// `GET /healthz`: the database answers a trivial query.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        conn.ping().await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// The row-lock suffix: PostgreSQL locks the selected rows, SQLite already holds the write lock.
+    pub(crate) fn for_update(&self, postgres: &'static str, sqlite: &'static str) -> &'static str {
+        match self.engine {
+            Engine::Postgres => postgres,
+            Engine::Sqlite => sqlite,
+        }
+    }
+}
+
+fn create_sqlite_parent_dir(url: &str) {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let path = path.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return;
+    }
+    if let Some(parent) = std::path::Path::new(path).parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+}
+
+/// A consistent read-only snapshot (for `verify`): every read through it sees one point in time.
+pub struct Snapshot {
+    tx: Transaction<'static, Any>,
+}
+
+impl Snapshot {
+    pub fn conn(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
+}
+
+impl Db {
+    pub async fn begin_snapshot(&self) -> Result<Snapshot, StoreError> {
+        let tx = match self.engine {
+            Engine::Sqlite => self.pool.begin().await?,
+            Engine::Postgres => {
+                self.pool
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await?
+            }
+        };
+        Ok(Snapshot { tx })
+    }
+}

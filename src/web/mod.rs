@@ -1,0 +1,144 @@
+//! HTTP: routes (one module per page), middleware (request id, security headers) and the error
+//! type that renders itself. Nothing below this module knows about HTTP.
+
+mod error;
+mod headers;
+mod pages;
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+
+pub use error::AppError;
+
+use crate::startup::Services;
+
+/// A random id for each request, shown on error pages and attached to log lines and audit events.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+async fn request_id(mut request: Request, next: Next) -> Response {
+    let id = hex::encode(crate::crypto::random_bytes::<8>());
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
+    let _entered = span.enter();
+    let mut response = next.run(request).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+pub fn router(services: Services) -> Router {
+    let tls = !services.config.plain_http;
+    Router::new()
+        .route("/", get(pages::landing))
+        .route("/healthz", get(healthz))
+        .route("/static/{*file}", get(pages::static_file))
+        .fallback(pages::not_found)
+        .method_not_allowed_fallback(pages::method_not_allowed)
+        .layer(middleware::from_fn(move |req, next| {
+            headers::security_headers(tls, req, next)
+        }))
+        .layer(middleware::from_fn(request_id))
+        .with_state(services)
+}
+
+async fn healthz(State(services): State<Services>) -> Response {
+    match services.db.ping().await {
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "ok",
+        )
+            .into_response(),
+        Err(error) => {
+            tracing::error!(%error, "health check: database does not answer");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                "database unavailable",
+            )
+                .into_response()
+        }
+    }
+}
+
+/// The plain-HTTP listener of `ALPHABANK_HTTP_REDIRECT_LISTEN`: every request → 308 to
+/// `https://` + the request's host name + the HTTPS port + the same path and query.
+pub fn redirect_router(https_port: u16) -> Router {
+    Router::new().fallback(move |request: Request| redirect_to_https(https_port, request))
+}
+
+async fn redirect_to_https(https_port: u16, request: Request) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().host())
+        .and_then(host_name);
+    let Some(host) = host else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "Bad request: a Host header is required.",
+        )
+            .into_response();
+    };
+    let path = request
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    let port = if https_port == 443 {
+        String::new()
+    } else {
+        format!(":{https_port}")
+    };
+    let location = format!("https://{host}{port}{path}");
+    match location.parse::<Uri>() {
+        Ok(_) => Redirect::permanent(&location).into_response(),
+        Err(_) => (StatusCode::BAD_REQUEST, "Bad request.").into_response(),
+    }
+}
+
+/// The host name of a `Host` header without its port; `None` unless it is a plausible DNS name,
+/// IPv4 address or bracketed IPv6 address (no header injection through the redirect).
+fn host_name(host: &str) -> Option<String> {
+    if let Some(rest) = host.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let ip: std::net::Ipv6Addr = rest.get(..end)?.parse().ok()?;
+        return Some(format!("[{ip}]"));
+    }
+    let name = host.split(':').next()?;
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    ok.then(|| name.to_ascii_lowercase())
+}
+
+/// The client's address as seen on the socket.
+pub fn peer_ip(addr: Option<&axum::extract::ConnectInfo<SocketAddr>>) -> Option<std::net::IpAddr> {
+    addr.map(|a| a.0.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_name;
+
+    #[test]
+    fn host_names() {
+        assert_eq!(host_name("localhost:8080").as_deref(), Some("localhost"));
+        assert_eq!(host_name("Bank.Example").as_deref(), Some("bank.example"));
+        assert_eq!(host_name("[::1]:80").as_deref(), Some("[::1]"));
+        assert_eq!(host_name("evil.com/\r\nSet-Cookie:x"), None);
+        assert_eq!(host_name(""), None);
+        assert_eq!(host_name("a@b"), None);
+    }
+}

@@ -1,0 +1,15 @@
+//! Black-box integration suite. Runs on SQLite, and on PostgreSQL when
+//! `ALPHABANK_TEST_POSTGRES_URL` is set (see scripts/test).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod cli;
+mod crash;
+mod health;
+mod helpers;
+mod ledger;
+mod tamper;
