@@ -442,7 +442,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -13,6 +13,8 @@
 )]
 
 pub mod audit;
+pub mod auth;
+pub mod captcha;
 pub mod cli;
 pub mod config;
 pub mod crypto;

@@ -10,6 +10,7 @@ use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
 
 use crate::audit::AuditLog;
+use crate::auth::password::PasswordHasher;
 use crate::config::{CaptchaMode, Config};
 use crate::crypto::master::MasterKeySource;
 use crate::crypto::{CryptoError, Keyring, MasterKey};
@@ -25,6 +26,7 @@ pub struct Services {
     pub keyring: Keyring,
     pub audit: AuditLog,
     pub ledger: Ledger,
+    pub hasher: PasswordHasher,
     pub master_key_source: MasterKeySource,
 }
 
@@ -88,12 +90,14 @@ pub async fn open_services(config: Config) -> Result<Services, StartError> {
         .ensure_cash_account()
         .await
         .map_err(|e| StartError::Database(e.to_string()))?;
+    let hasher = PasswordHasher::new(config.argon2).map_err(|e| StartError::Keys(e.to_string()))?;
     Ok(Services {
         config: Arc::new(config),
         db,
         keyring,
         audit,
         ledger,
+        hasher,
         master_key_source,
     })
 }

@@ -84,7 +84,7 @@ impl fmt::Debug for Password {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     const USER: &str = "kari.nordmann";

@@ -9,9 +9,11 @@
 //! `SELECT … FOR UPDATE` in a fixed order, so unrelated accounts never wait for each other.
 
 pub mod audit;
+pub mod captcha;
 pub mod keys;
 pub mod ledger;
 pub mod sealed;
+pub mod sessions;
 pub mod users;
 
 use std::sync::Arc;
@@ -85,11 +87,17 @@ impl WriteTx {
 
 const MIGRATIONS_SQLITE: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
-    (2, include_str!("../../migrations/sqlite/0002_customers.sql")),
+    (
+        2,
+        include_str!("../../migrations/sqlite/0002_customers.sql"),
+    ),
 ];
 const MIGRATIONS_POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
-    (2, include_str!("../../migrations/postgres/0002_customers.sql")),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_customers.sql"),
+    ),
 ];
 
 impl Db {

@@ -80,3 +80,158 @@ pub async fn id_by_username_key_in(
             .await?;
     Ok(row)
 }
+
+/// What login and the second factor need to know about a customer.
+#[derive(Debug, Clone)]
+pub struct UserAuthRow {
+    pub id: i64,
+    pub username: String,
+    pub password_hash: String,
+    pub totp_secret_enc: Option<Vec<u8>>,
+    pub totp_confirmed: bool,
+    pub totp_last_step: i64,
+    pub failed_logins: i64,
+    pub locked_until: i64,
+    pub lockouts: i64,
+}
+
+type UserAuthTuple = (
+    i64,
+    String,
+    String,
+    Option<Vec<u8>>,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+);
+
+fn auth_row(t: UserAuthTuple) -> UserAuthRow {
+    UserAuthRow {
+        id: t.0,
+        username: t.1,
+        password_hash: t.2,
+        totp_secret_enc: t.3,
+        totp_confirmed: t.4 != 0,
+        totp_last_step: t.5,
+        failed_logins: t.6,
+        locked_until: t.7,
+        lockouts: t.8,
+    }
+}
+
+const AUTH_COLUMNS: &str = "id, username, password_hash, totp_secret_enc, totp_confirmed, totp_last_step, failed_logins, locked_until, lockouts";
+
+pub async fn auth_by_email_bidx(
+    db: &Db,
+    email_bidx: &[u8],
+) -> Result<Option<UserAuthRow>, StoreError> {
+    let sql = sqlx::AssertSqlSafe(format!(
+        "SELECT {AUTH_COLUMNS} FROM users WHERE email_bidx = $1"
+    ));
+    let row: Option<UserAuthTuple> = sqlx::query_as(sql)
+        .bind(email_bidx)
+        .fetch_optional(db.pool())
+        .await?;
+    Ok(row.map(auth_row))
+}
+
+pub async fn auth_by_id(db: &Db, user_id: i64) -> Result<Option<UserAuthRow>, StoreError> {
+    let sql = sqlx::AssertSqlSafe(format!("SELECT {AUTH_COLUMNS} FROM users WHERE id = $1"));
+    let row: Option<UserAuthTuple> = sqlx::query_as(sql)
+        .bind(user_id)
+        .fetch_optional(db.pool())
+        .await?;
+    Ok(row.map(auth_row))
+}
+
+pub async fn email_enc(db: &Db, user_id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+    let row: Option<(Vec<u8>,)> = sqlx::query_as("SELECT email_enc FROM users WHERE id = $1")
+        .bind(user_id)
+        .fetch_optional(db.pool())
+        .await?;
+    Ok(row.map(|(e,)| e))
+}
+
+pub async fn set_totp_secret(db: &Db, user_id: i64, secret_enc: &[u8]) -> Result<(), StoreError> {
+    let mut tx = db.begin_write().await?;
+    sqlx::query("UPDATE users SET totp_secret_enc = $1 WHERE id = $2 AND totp_confirmed = 0")
+        .bind(secret_enc)
+        .bind(user_id)
+        .execute(tx.conn())
+        .await?;
+    tx.commit().await
+}
+
+/// Spends a one-time-code step: succeeds only if `step` is greater than the last accepted step
+/// (atomic: of two concurrent requests with the same code, one wins).
+pub async fn spend_totp_step(db: &Db, user_id: i64, step: i64) -> Result<bool, StoreError> {
+    let mut tx = db.begin_write().await?;
+    let updated =
+        sqlx::query("UPDATE users SET totp_last_step = $1 WHERE id = $2 AND totp_last_step < $1")
+            .bind(step)
+            .bind(user_id)
+            .execute(tx.conn())
+            .await?
+            .rows_affected();
+    tx.commit().await?;
+    Ok(updated == 1)
+}
+
+pub async fn confirm_totp(tx: &mut WriteTx, user_id: i64) -> Result<(), StoreError> {
+    sqlx::query("UPDATE users SET totp_confirmed = 1 WHERE id = $1")
+        .bind(user_id)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
+/// Records a failed login; returns the new consecutive-failure count.
+pub async fn record_login_failure(db: &Db, user_id: i64) -> Result<i64, StoreError> {
+    let mut tx = db.begin_write().await?;
+    let (count,): (i64,) = sqlx::query_as(
+        "UPDATE users SET failed_logins = failed_logins + 1 WHERE id = $1 RETURNING failed_logins",
+    )
+    .bind(user_id)
+    .fetch_one(tx.conn())
+    .await?;
+    tx.commit().await?;
+    Ok(count)
+}
+
+/// Locks the account until `until` (ms) and starts a new failure count; returns the lockout number.
+pub async fn lock_account(db: &Db, user_id: i64, until: i64) -> Result<i64, StoreError> {
+    let mut tx = db.begin_write().await?;
+    let (lockouts,): (i64,) = sqlx::query_as(
+        "UPDATE users SET locked_until = $1, failed_logins = 0, lockouts = lockouts + 1 WHERE id = $2 RETURNING lockouts",
+    )
+    .bind(until)
+    .bind(user_id)
+    .fetch_one(tx.conn())
+    .await?;
+    tx.commit().await?;
+    Ok(lockouts)
+}
+
+pub async fn record_login_success(db: &Db, user_id: i64) -> Result<(), StoreError> {
+    let mut tx = db.begin_write().await?;
+    sqlx::query("UPDATE users SET failed_logins = 0, lockouts = 0 WHERE id = $1")
+        .bind(user_id)
+        .execute(tx.conn())
+        .await?;
+    tx.commit().await
+}
+
+pub async fn set_password_hash(
+    tx: &mut WriteTx,
+    user_id: i64,
+    hash: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+        .bind(hash)
+        .bind(user_id)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}

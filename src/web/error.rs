@@ -16,6 +16,7 @@ pub enum AppError {
 #[derive(Template)]
 #[template(path = "error.html")]
 pub struct ErrorPage<'a> {
+    pub chrome: super::view::Chrome,
     pub status: u16,
     pub title: &'a str,
     pub message: &'a str,
@@ -25,6 +26,7 @@ pub struct ErrorPage<'a> {
 pub fn render_error(status: StatusCode, message: &str, request_id: &str) -> Response {
     let title = status.canonical_reason().unwrap_or("Error");
     let page = ErrorPage {
+        chrome: super::view::Chrome::visitor(),
         status: status.as_u16(),
         title,
         message,

@@ -1,16 +1,23 @@
 //! HTTP: routes (one module per page), middleware (request id, security headers) and the error
 //! type that renders itself. Nothing below this module knows about HTTP.
 
+mod account;
+pub mod context;
 mod error;
+pub mod extract;
+pub mod form;
 mod headers;
+mod home;
 mod pages;
+mod settings;
+mod view;
 
 use std::net::SocketAddr;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, Uri, header};
-use axum::middleware::{self, Next};
+use axum::http::{StatusCode, Uri, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 
@@ -18,26 +25,24 @@ pub use error::AppError;
 
 use crate::startup::Services;
 
-/// A random id for each request, shown on error pages and attached to log lines and audit events.
-#[derive(Clone, Debug)]
-pub struct RequestId(pub String);
-
-async fn request_id(mut request: Request, next: Next) -> Response {
-    let id = hex::encode(crate::crypto::random_bytes::<8>());
-    request.extensions_mut().insert(RequestId(id.clone()));
-    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
-    let _entered = span.enter();
-    let mut response = next.run(request).await;
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert("x-request-id", value);
-    }
-    response
-}
-
 pub fn router(services: Services) -> Router {
     let tls = !services.config.plain_http;
     Router::new()
-        .route("/", get(pages::landing))
+        .route("/", get(home::index))
+        .route("/signup", get(account::signup_form).post(account::signup))
+        .route("/login", get(account::login_form).post(account::login))
+        .route("/logout", axum::routing::post(account::logout))
+        .route("/2fa/setup", get(account::setup_form).post(account::setup))
+        .route("/2fa/recovery", get(account::recovery))
+        .route("/settings", get(settings::show))
+        .route(
+            "/settings/password",
+            axum::routing::post(settings::change_password),
+        )
+        .route(
+            "/settings/sessions/revoke-others",
+            axum::routing::post(settings::revoke_others),
+        )
         .route("/healthz", get(healthz))
         .route("/static/{*file}", get(pages::static_file))
         .fallback(pages::not_found)
@@ -45,7 +50,10 @@ pub fn router(services: Services) -> Router {
         .layer(middleware::from_fn(move |req, next| {
             headers::security_headers(tls, req, next)
         }))
-        .layer(middleware::from_fn(request_id))
+        .layer(middleware::from_fn_with_state(
+            services.clone(),
+            context::request_context,
+        ))
         .with_state(services)
 }
 

@@ -1,31 +1,12 @@
-//! Public pages: landing, static files, 404 and 405.
+//! Static files, 404 and 405.
 
-use askama::Template;
 use axum::Extension;
 use axum::extract::Path;
 use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 
-use super::RequestId;
+use super::context::RequestContext;
 use super::error::render_error;
-
-#[derive(Template)]
-#[template(path = "landing.html")]
-struct Landing;
-
-pub async fn landing(Extension(request_id): Extension<RequestId>) -> Response {
-    match Landing.render() {
-        Ok(html) => Html(html).into_response(),
-        Err(error) => {
-            tracing::error!(%error, "template");
-            render_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Something went wrong on our side.",
-                &request_id.0,
-            )
-        }
-    }
-}
 
 /// Same-origin static assets, compiled into the binary.
 pub async fn static_file(Path(file): Path<String>) -> Response {
@@ -47,20 +28,22 @@ pub async fn static_file(Path(file): Path<String>) -> Response {
         .into_response()
 }
 
-pub async fn not_found(request_id: Option<Extension<RequestId>>) -> Response {
-    let id = request_id.map(|r| r.0.0).unwrap_or_default();
+fn request_id(context: Option<Extension<RequestContext>>) -> String {
+    context.map(|c| c.0.request_id).unwrap_or_default()
+}
+
+pub async fn not_found(context: Option<Extension<RequestContext>>) -> Response {
     render_error(
         StatusCode::NOT_FOUND,
         "There is no page at this address.",
-        &id,
+        &request_id(context),
     )
 }
 
-pub async fn method_not_allowed(request_id: Option<Extension<RequestId>>) -> Response {
-    let id = request_id.map(|r| r.0.0).unwrap_or_default();
+pub async fn method_not_allowed(context: Option<Extension<RequestContext>>) -> Response {
     render_error(
         StatusCode::METHOD_NOT_ALLOWED,
         "This page does not accept that kind of request.",
-        &id,
+        &request_id(context),
     )
 }

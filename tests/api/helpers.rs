@@ -196,3 +196,237 @@ pub async fn exec(services: &Services, sql: String) -> u64 {
         .expect("tamper SQL")
         .rows_affected()
 }
+
+/// The value of `<input name="NAME" … value="…">` (first match) in a page.
+pub fn input_value(html: &str, name: &str) -> Option<String> {
+    let marker = format!("name=\"{name}\"");
+    let at = html.find(&marker)?;
+    let tag_start = html[..at].rfind('<')?;
+    let tag_end = at + html[at..].find('>')?;
+    let tag = &html[tag_start..tag_end];
+    let v = tag.find("value=\"")? + 7;
+    let end = tag[v..].find('"')?;
+    Some(tag[v..v + end].replace("&#38;", "&").replace("&amp;", "&"))
+}
+
+/// Text of the element with `id="ID"`.
+pub fn element_text(html: &str, id: &str) -> Option<String> {
+    let marker = format!("id=\"{id}\"");
+    let at = html.find(&marker)?;
+    let open_end = at + html[at..].find('>')? + 1;
+    let close = open_end + html[open_end..].find('<')?;
+    Some(html[open_end..close].trim().to_string())
+}
+
+/// Texts of every element with class `CLASS` (simple, for flat elements).
+pub fn texts_of_class(html: &str, class: &str) -> Vec<String> {
+    let marker = format!("class=\"{class}\"");
+    html.match_indices(&marker)
+        .filter_map(|(at, _)| {
+            let open_end = at + html[at..].find('>')? + 1;
+            let close = open_end + html[open_end..].find('<')?;
+            Some(html[open_end..close].trim().to_string())
+        })
+        .collect()
+}
+
+/// A customer driven through the real web flows, with their own cookie jar.
+pub struct Customer {
+    pub username: String,
+    pub email: String,
+    pub password: String,
+    pub secret: alphabank::auth::totp::TotpSecret,
+    pub recovery_codes: Vec<String>,
+    pub client: reqwest::Client,
+    pub base: String,
+    last_step: std::rc::Rc<std::cell::Cell<i64>>,
+}
+
+pub fn now_step() -> i64 {
+    alphabank::auth::totp::current_step(alphabank::now_millis() / 1000)
+}
+
+impl Customer {
+    /// A fresh code whose step is after every step this customer used (no replay), within ±1.
+    pub fn next_code(&self) -> String {
+        let step = (self.last_step.get() + 1).max(now_step() - 1);
+        assert!(
+            step <= now_step() + 1,
+            "test used more than three codes within one 30-second step"
+        );
+        self.last_step.set(step);
+        format!("{:06}", self.secret.code_at_step(step))
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    /// GETs `form_page`, takes its CSRF token, and POSTs `fields` to `action`.
+    pub async fn submit(
+        &self,
+        form_page: &str,
+        action: &str,
+        fields: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let page = self.get(form_page).await.text().await.unwrap();
+        let csrf = input_value(&page, "csrf_token").expect("form has a csrf token");
+        let mut all: Vec<(&str, &str)> = vec![("csrf_token", csrf.as_str())];
+        all.extend_from_slice(fields);
+        self.client
+            .post(format!("{}{action}", self.base))
+            .form(&all)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    pub async fn login(&self) -> reqwest::Response {
+        let code = self.next_code();
+        self.submit(
+            "/login",
+            "/login",
+            &[
+                ("email", &self.email),
+                ("password", &self.password),
+                ("otp", &code),
+            ],
+        )
+        .await
+    }
+
+    pub async fn logout(&self) -> reqwest::Response {
+        self.submit("/settings", "/logout", &[]).await
+    }
+}
+
+impl TestApp {
+    pub fn new_client(&self) -> reqwest::Client {
+        let pem = std::fs::read(self.dir.path().join("tls-cert.pem")).expect("cert");
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .cookie_store(true)
+            .resolve("localhost", self.addr)
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("pem"))
+            .tls_built_in_root_certs(false)
+            .build()
+            .expect("client")
+    }
+
+    /// Signs up through the web forms (without confirming 2FA); returns the client and response.
+    pub async fn signup_only(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> (reqwest::Client, reqwest::Response) {
+        self.signup_as(username, &format!("{username}@example.no"), password)
+            .await
+    }
+
+    pub async fn signup_as(
+        &self,
+        username: &str,
+        email: &str,
+        password: &str,
+    ) -> (reqwest::Client, reqwest::Response) {
+        let client = self.new_client();
+        let page = client
+            .get(format!("{}/signup", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let csrf = input_value(&page, "csrf_token").expect("csrf");
+        let response = client
+            .post(format!("{}/signup", self.base))
+            .form(&[
+                ("csrf_token", csrf.as_str()),
+                ("username", username),
+                ("email", email),
+                ("password", password),
+                ("password_confirm", password),
+            ])
+            .send()
+            .await
+            .unwrap();
+        (client, response)
+    }
+
+    /// A fully enrolled customer: sign-up, secret read from the page, first code, recovery codes.
+    pub async fn customer(&self, username: &str) -> Customer {
+        let password = format!(
+            "fjord lantern quietly {}",
+            hex::encode(alphabank::crypto::random_bytes::<4>())
+        );
+        let (client, response) = self.signup_only(username, &password).await;
+        assert_eq!(response.status(), 303, "signup accepted");
+        let setup = client
+            .get(format!("{}/2fa/setup", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let secret_text = element_text(&setup, "totp-secret").expect("secret shown");
+        let secret = alphabank::auth::totp::TotpSecret::from_bytes(
+            &data_encoding::BASE32_NOPAD
+                .decode(secret_text.as_bytes())
+                .expect("base32"),
+        );
+        let customer = Customer {
+            username: username.to_string(),
+            email: format!("{username}@example.no"),
+            password,
+            secret,
+            recovery_codes: Vec::new(),
+            client,
+            base: self.base.clone(),
+            last_step: std::rc::Rc::new(std::cell::Cell::new(i64::MIN / 2)),
+        };
+        let code = customer.next_code();
+        let csrf = input_value(&setup, "csrf_token").expect("csrf");
+        let confirmed = customer
+            .client
+            .post(format!("{}/2fa/setup", self.base))
+            .form(&[("csrf_token", csrf.as_str()), ("otp", code.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(confirmed.status(), 303);
+        assert_eq!(confirmed.headers()["location"], "/2fa/recovery");
+        let recovery = customer.get("/2fa/recovery").await.text().await.unwrap();
+        let codes = texts_of_class(&recovery, "recovery-code");
+        assert_eq!(codes.len(), 10);
+        Customer {
+            recovery_codes: codes,
+            ..customer
+        }
+    }
+}
+
+impl Customer {
+    /// The same person in another browser.
+    pub fn same_person(
+        &self,
+        secret: alphabank::auth::totp::TotpSecret,
+        client: reqwest::Client,
+    ) -> Customer {
+        Customer {
+            username: self.username.clone(),
+            email: self.email.clone(),
+            password: self.password.clone(),
+            secret,
+            recovery_codes: self.recovery_codes.clone(),
+            client,
+            base: self.base.clone(),
+            last_step: self.last_step.clone(),
+        }
+    }
+}

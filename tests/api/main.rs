@@ -7,6 +7,8 @@
     clippy::indexing_slicing
 )]
 
+mod accounts;
+mod captcha;
 mod cli;
 mod crash;
 mod health;

@@ -1,0 +1,484 @@
+//! Authentication: sign-up, authenticator enrollment, login with a second factor, brute-force
+//! lockout, password change. Every login failure looks the same to the client: same status, same
+//! words, and about the same time (a dummy hash is verified for unknown emails).
+
+pub mod password;
+pub mod session;
+pub mod totp;
+
+use crate::audit::{AuditContext, AuditEvent};
+use crate::crypto::{Aad, CryptoError};
+use crate::domain::{Email, Password};
+use crate::startup::Services;
+use crate::store::{StoreError, sessions as session_store, users as user_store};
+
+use self::password::{HashError, Verified};
+use self::session::{NewSession, Session, Stage};
+use self::totp::TotpSecret;
+
+/// Consecutive failures (wrong password or code) before an account refuses logins.
+pub const LOGIN_FAILURES_BEFORE_LOCKOUT: i64 = 5;
+/// First lockout; each further lockout doubles it (CONTRACT §3), up to the maximum.
+pub const LOCKOUT_SECS: i64 = 15 * 60;
+pub const LOCKOUT_SECS_MAX: i64 = 24 * 60 * 60;
+/// Failed logins one client address may make per window before it is throttled.
+pub const LOGIN_FAILURES_PER_IP_MAX: i64 = 100;
+pub const LOGIN_THROTTLE_WINDOW_MILLIS: i64 = 15 * 60 * 1_000;
+/// Recovery codes issued at enrollment.
+pub const RECOVERY_CODES: usize = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("Email, password or code is incorrect.")]
+    LoginFailed,
+    #[error("Too many failed logins from your network. Wait a few minutes and try again.")]
+    Throttled,
+    #[error("The bank is busy. Please try again in a moment.")]
+    Busy,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<HashError> for AuthError {
+    fn from(error: HashError) -> Self {
+        match error {
+            HashError::Busy => AuthError::Busy,
+            HashError::Internal(message) => AuthError::Internal(message),
+        }
+    }
+}
+
+pub fn totp_aad(user_id: i64) -> Aad {
+    Aad::new("users", "totp_secret_enc", user_id)
+}
+
+fn recovery_hash(services: &Services, user_id: i64, code: &str) -> Vec<u8> {
+    let normalised: String = code
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    services
+        .keyring
+        .blind_index("recovery", &format!("{user_id}:{normalised}"))
+}
+
+fn new_recovery_code() -> String {
+    let raw = data_encoding::BASE32_NOPAD
+        .encode(&crate::crypto::random_bytes::<7>())
+        .to_ascii_lowercase();
+    let chars: String = raw.chars().take(10).collect();
+    format!(
+        "{}-{}",
+        chars.get(..5).unwrap_or_default(),
+        chars.get(5..).unwrap_or_default()
+    )
+}
+
+/// The customer's TOTP secret, created on first need (enrollment page).
+pub async fn totp_secret(services: &Services, user_id: i64) -> Result<TotpSecret, AuthError> {
+    let user = user_store::auth_by_id(&services.db, user_id)
+        .await?
+        .ok_or(AuthError::LoginFailed)?;
+    if let Some(sealed) = user.totp_secret_enc {
+        let bytes = services.keyring.open(&totp_aad(user_id), &sealed)?;
+        return Ok(TotpSecret::from_bytes(&bytes));
+    }
+    let secret = TotpSecret::generate();
+    user_store::set_totp_secret(
+        &services.db,
+        user_id,
+        &services.keyring.seal(&totp_aad(user_id), secret.as_bytes()),
+    )
+    .await?;
+    // Read back: a concurrent request may have stored its own secret first.
+    let user = user_store::auth_by_id(&services.db, user_id)
+        .await?
+        .ok_or(AuthError::LoginFailed)?;
+    let sealed = user.totp_secret_enc.ok_or(AuthError::LoginFailed)?;
+    Ok(TotpSecret::from_bytes(
+        &services.keyring.open(&totp_aad(user_id), &sealed)?,
+    ))
+}
+
+/// Checks a six-digit code and spends its step (no replay). A correct code is spent once checked.
+pub async fn check_totp(services: &Services, user_id: i64, code: &str) -> Result<bool, AuthError> {
+    let Some(code) = totp::parse_code(code) else {
+        return Ok(false);
+    };
+    let user = user_store::auth_by_id(&services.db, user_id)
+        .await?
+        .ok_or(AuthError::LoginFailed)?;
+    let Some(sealed) = user.totp_secret_enc else {
+        return Ok(false);
+    };
+    let secret = TotpSecret::from_bytes(&services.keyring.open(&totp_aad(user_id), &sealed)?);
+    let now_secs = crate::now_millis() / 1_000;
+    match secret.matching_step(&code, now_secs) {
+        Some(step) if step > user.totp_last_step => {
+            Ok(user_store::spend_totp_step(&services.db, user_id, step).await?)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Confirms enrollment with a first code: the account becomes usable, ten recovery codes are
+/// issued (stored hashed), and the pending session is replaced by a new full session.
+pub async fn confirm_enrollment(
+    services: &Services,
+    ctx: &AuditContext,
+    pending: &Session,
+    code: &str,
+    user_agent: Option<&str>,
+) -> Result<Option<NewSession>, AuthError> {
+    if !check_totp(services, pending.user_id, code).await? {
+        return Ok(None);
+    }
+    let codes: Vec<String> = (0..RECOVERY_CODES).map(|_| new_recovery_code()).collect();
+    let hashes: Vec<Vec<u8>> = codes
+        .iter()
+        .map(|c| recovery_hash(services, pending.user_id, c))
+        .collect();
+    let mut tx = services.db.begin_write().await?;
+    user_store::confirm_totp(&mut tx, pending.user_id).await?;
+    session_store::insert_recovery_codes(&mut tx, pending.user_id, &hashes).await?;
+    session_store::delete_in(&mut tx, &pending.id_hash).await?;
+    let ctx = ctx.with_user(pending.user_id);
+    let new = session::create_in(
+        services,
+        &mut tx,
+        pending.user_id,
+        Stage::Full,
+        &ctx,
+        user_agent,
+        Some(&codes),
+    )
+    .await?;
+    services
+        .audit
+        .record_in(&mut tx, &ctx, AuditEvent::TwoFactorEnrolled)
+        .await
+        .map_err(|e| AuthError::Internal(e.to_string()))?;
+    tx.commit().await?;
+    Ok(Some(new))
+}
+
+/// The recovery codes to show once after enrollment (then forgotten).
+pub async fn take_recovery_codes(
+    services: &Services,
+    session: &Session,
+) -> Result<Option<Vec<String>>, AuthError> {
+    let Some(sealed) = session_store::take_recovery_codes(&services.db, &session.id_hash).await?
+    else {
+        return Ok(None);
+    };
+    let text = services
+        .keyring
+        .open_string(&session::recovery_aad(&session.id_hash), &sealed)?;
+    Ok(Some(text.lines().map(str::to_string).collect()))
+}
+
+/// What a login attempt carries, as typed.
+pub struct LoginAttempt<'a> {
+    pub email: &'a str,
+    pub password: &'a str,
+    pub otp: &'a str,
+}
+
+/// Logs a customer in. Every failure is [`AuthError::LoginFailed`] (or `Throttled`/`Busy`, which
+/// say nothing about the account).
+pub async fn login(
+    services: &Services,
+    ctx: &AuditContext,
+    attempt: &LoginAttempt<'_>,
+    user_agent: Option<&str>,
+) -> Result<NewSession, AuthError> {
+    let now = crate::now_millis();
+    let ip = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+    if session_store::ip_login_failures(&services.db, &ip, now, LOGIN_THROTTLE_WINDOW_MILLIS)
+        .await?
+        >= LOGIN_FAILURES_PER_IP_MAX
+    {
+        services
+            .audit
+            .record_best_effort(
+                ctx,
+                AuditEvent::LoginFailed {
+                    reason: "ip_throttled",
+                },
+            )
+            .await;
+        return Err(AuthError::Throttled);
+    }
+    let password = Password::parse_existing(attempt.password).ok();
+    let email = Email::parse(attempt.email).ok();
+    let user = match &email {
+        Some(email) => {
+            let bidx = services.keyring.blind_index("email", &email.lookup_key());
+            user_store::auth_by_email_bidx(&services.db, &bidx).await?
+        }
+        None => None,
+    };
+    let fail = |reason: &'static str, user_id: Option<i64>| async move {
+        session_store::record_ip_login_failure(
+            &services.db,
+            &ip,
+            now,
+            LOGIN_THROTTLE_WINDOW_MILLIS,
+        )
+        .await?;
+        let ctx = AuditContext {
+            user_id,
+            ..ctx.clone()
+        };
+        services
+            .audit
+            .record_best_effort(&ctx, AuditEvent::LoginFailed { reason })
+            .await;
+        Err::<NewSession, AuthError>(AuthError::LoginFailed)
+    };
+    // The same Argon2 work whatever is wrong, so timing tells nothing.
+    let dummy = Password::parse_existing("not-a-real-password-0000")
+        .map_err(|e| AuthError::Internal(e.to_string()))?;
+    let verified = services
+        .hasher
+        .verify(
+            user.as_ref().map(|u| u.password_hash.as_str()),
+            password.as_ref().unwrap_or(&dummy),
+        )
+        .await?;
+    let Some(user) = user.filter(|u| u.totp_confirmed) else {
+        return fail("unknown_email", None).await;
+    };
+    if user.locked_until > now {
+        return fail("locked", Some(user.id)).await;
+    }
+    if password.is_none() || verified == Verified::No {
+        record_account_failure(services, ctx, user.id, user.lockouts).await?;
+        return fail("wrong_password", Some(user.id)).await;
+    }
+    let second_factor = if totp::parse_code(attempt.otp).is_some() {
+        check_totp(services, user.id, attempt.otp)
+            .await?
+            .then_some("totp")
+    } else {
+        spend_recovery_code(services, ctx, user.id, attempt.otp)
+            .await?
+            .then_some("recovery_code")
+    };
+    let Some(method) = second_factor else {
+        record_account_failure(services, ctx, user.id, user.lockouts).await?;
+        return fail("wrong_code", Some(user.id)).await;
+    };
+    user_store::record_login_success(&services.db, user.id).await?;
+    if verified == Verified::YesRehash
+        && let Some(password) = &password
+    {
+        let hash = services.hasher.hash(password).await?;
+        let mut tx = services.db.begin_write().await?;
+        user_store::set_password_hash(&mut tx, user.id, &hash).await?;
+        tx.commit().await?;
+    }
+    let ctx = ctx.with_user(user.id);
+    let new = session::create(services, user.id, Stage::Full, &ctx, user_agent).await?;
+    services
+        .audit
+        .record_best_effort(&ctx, AuditEvent::LoginSucceeded { method })
+        .await;
+    Ok(new)
+}
+
+async fn spend_recovery_code(
+    services: &Services,
+    ctx: &AuditContext,
+    user_id: i64,
+    code: &str,
+) -> Result<bool, AuthError> {
+    let trimmed = code.trim();
+    if trimmed.is_empty() || trimmed.len() > 32 {
+        return Ok(false);
+    }
+    let spent = session_store::spend_recovery_code(
+        &services.db,
+        user_id,
+        &recovery_hash(services, user_id, trimmed),
+        crate::now_millis(),
+    )
+    .await?;
+    if spent {
+        let remaining = session_store::recovery_codes_left(&services.db, user_id).await?;
+        services
+            .audit
+            .record_best_effort(
+                &ctx.with_user(user_id),
+                AuditEvent::RecoveryCodeUsed { remaining },
+            )
+            .await;
+    }
+    Ok(spent)
+}
+
+/// Counts a failure against the account; the fifth in a row locks it (15 min, doubling).
+async fn record_account_failure(
+    services: &Services,
+    ctx: &AuditContext,
+    user_id: i64,
+    lockouts: i64,
+) -> Result<(), AuthError> {
+    let failures = user_store::record_login_failure(&services.db, user_id).await?;
+    if failures >= LOGIN_FAILURES_BEFORE_LOCKOUT {
+        let factor = 1i64 << lockouts.clamp(0, 20);
+        let locked_for_secs = LOCKOUT_SECS.saturating_mul(factor).min(LOCKOUT_SECS_MAX);
+        let lockouts = user_store::lock_account(
+            &services.db,
+            user_id,
+            crate::now_millis() + locked_for_secs * 1_000,
+        )
+        .await?;
+        services
+            .audit
+            .record_best_effort(
+                &ctx.with_user(user_id),
+                AuditEvent::AccountLocked {
+                    locked_for_secs,
+                    lockouts,
+                },
+            )
+            .await;
+    }
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordChangeError {
+    #[error("{message}")]
+    Field {
+        field: &'static str,
+        message: String,
+    },
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+}
+
+pub struct PasswordChange<'a> {
+    pub current: &'a str,
+    pub new: &'a str,
+    pub confirm: &'a str,
+    pub otp: &'a str,
+}
+
+/// Changes the password (current password and a code required) and ends every other session.
+pub async fn change_password(
+    services: &Services,
+    ctx: &AuditContext,
+    session: &Session,
+    change: &PasswordChange<'_>,
+) -> Result<(), PasswordChangeError> {
+    let field =
+        |field: &'static str, message: String| PasswordChangeError::Field { field, message };
+    let user = user_store::auth_by_id(&services.db, session.user_id)
+        .await
+        .map_err(AuthError::from)?
+        .ok_or(AuthError::LoginFailed)?;
+    let email_enc = user_store::email_enc(&services.db, user.id)
+        .await
+        .map_err(AuthError::from)?
+        .unwrap_or_default();
+    let email = services
+        .keyring
+        .open_string(&crate::customers::email_aad(user.id), &email_enc)
+        .map_err(AuthError::from)?;
+    let new = Password::parse_new(change.new, &user.username, &email)
+        .map_err(|e| field("new_password", e.to_string()))?;
+    if change.new != change.confirm {
+        return Err(field(
+            "new_password_confirm",
+            "The two new passwords are not the same.".into(),
+        ));
+    }
+    let current = Password::parse_existing(change.current).ok();
+    let dummy = Password::parse_existing("not-a-real-password-0000")
+        .map_err(|e| AuthError::Internal(e.to_string()))?;
+    let verified = services
+        .hasher
+        .verify(
+            Some(&user.password_hash),
+            current.as_ref().unwrap_or(&dummy),
+        )
+        .await
+        .map_err(AuthError::from)?;
+    if current.is_none() || verified == Verified::No {
+        return Err(field(
+            "current_password",
+            "Your current password is not correct.".into(),
+        ));
+    }
+    if !check_totp(services, user.id, change.otp).await? {
+        return Err(field(
+            "otp",
+            "The code is not correct, or was already used. Wait for the next code.".into(),
+        ));
+    }
+    let hash = services.hasher.hash(&new).await.map_err(AuthError::from)?;
+    let mut tx = services.db.begin_write().await.map_err(AuthError::from)?;
+    user_store::set_password_hash(&mut tx, user.id, &hash)
+        .await
+        .map_err(AuthError::from)?;
+    let ended = session_store::delete_others(&mut tx, user.id, &session.id_hash)
+        .await
+        .map_err(AuthError::from)?;
+    let ctx = ctx.with_user(user.id);
+    services
+        .audit
+        .record_in(&mut tx, &ctx, AuditEvent::PasswordChanged)
+        .await
+        .map_err(|e| AuthError::Internal(e.to_string()))?;
+    if ended > 0 {
+        services
+            .audit
+            .record_in(&mut tx, &ctx, AuditEvent::SessionsRevoked { count: ended })
+            .await
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
+    }
+    tx.commit().await.map_err(AuthError::from)?;
+    Ok(())
+}
+
+/// Ends every other session of the customer; returns how many ended.
+pub async fn revoke_other_sessions(
+    services: &Services,
+    ctx: &AuditContext,
+    session: &Session,
+) -> Result<u64, AuthError> {
+    let mut tx = services.db.begin_write().await?;
+    let ended = session_store::delete_others(&mut tx, session.user_id, &session.id_hash).await?;
+    services
+        .audit
+        .record_in(
+            &mut tx,
+            &ctx.with_user(session.user_id),
+            AuditEvent::SessionsRevoked { count: ended },
+        )
+        .await
+        .map_err(|e| AuthError::Internal(e.to_string()))?;
+    tx.commit().await?;
+    Ok(ended)
+}
+
+/// Ends the session (logout).
+pub async fn logout(
+    services: &Services,
+    ctx: &AuditContext,
+    session: &Session,
+) -> Result<(), AuthError> {
+    session_store::delete(&services.db, &session.id_hash).await?;
+    services
+        .audit
+        .record_best_effort(&ctx.with_user(session.user_id), AuditEvent::Logout)
+        .await;
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! SQL for the captcha replay store: one row per spent proof-of-work challenge, kept until the
+//! challenge would have expired anyway, so a solved challenge is accepted at most once (the
+//! primary key decides, also between instances). Policy (when to prune, how many rows) lives in
+//! `crate::captcha`.
+
+use super::{Db, StoreError};
+
+/// What happened to an attempt to spend a challenge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpendOutcome {
+    /// The challenge was not spent before; it is now.
+    Spent,
+    /// A row for this challenge already exists: a replay.
+    AlreadySpent,
+}
+
+/// Records `challenge_hash` as spent until `expires_at` (Unix milliseconds).
+pub async fn spend(
+    db: &Db,
+    challenge_hash: &[u8],
+    expires_at: i64,
+) -> Result<SpendOutcome, StoreError> {
+    let mut tx = db.begin_write().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO captcha_spent (challenge_hash, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(challenge_hash)
+    .bind(expires_at)
+    .execute(tx.conn())
+    .await;
+    let outcome = match inserted {
+        Ok(result) if result.rows_affected() == 1 => SpendOutcome::Spent,
+        Ok(_) => SpendOutcome::AlreadySpent,
+        Err(error) => match StoreError::from_insert(error, "captcha challenge") {
+            StoreError::Conflict(_) => SpendOutcome::AlreadySpent,
+            other => return Err(other),
+        },
+    };
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// Deletes at most `limit` rows that expired before `now` (Unix milliseconds), in one short write
+/// transaction; returns how many were deleted. Call again while it returns `limit`.
+pub async fn prune_expired(db: &Db, now: i64, limit: i64) -> Result<u64, StoreError> {
+    let mut tx = db.begin_write().await?;
+    let deleted = sqlx::query(
+        "DELETE FROM captcha_spent WHERE challenge_hash IN \
+         (SELECT challenge_hash FROM captcha_spent WHERE expires_at < $1 LIMIT $2)",
+    )
+    .bind(now)
+    .bind(limit)
+    .execute(tx.conn())
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    Ok(deleted)
+}
+
+/// How many spent challenges are stored (expired or not).
+pub async fn count(db: &Db) -> Result<i64, StoreError> {
+    let (rows,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM captcha_spent")
+        .fetch_one(db.pool())
+        .await?;
+    Ok(rows)
+}

@@ -1,0 +1,274 @@
+//! SQL for server-side sessions, recovery codes and per-IP login throttling.
+
+use super::{Db, StoreError, WriteTx};
+
+#[derive(Debug, Clone)]
+pub struct SessionRow {
+    pub id_hash: String,
+    pub user_id: i64,
+    pub stage: String,
+    pub csrf_token: String,
+    pub created_at: i64,
+    pub last_seen_at: i64,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub recovery_codes_enc: Option<Vec<u8>>,
+    pub flash: Option<String>,
+}
+
+type SessionTuple = (
+    String,
+    i64,
+    String,
+    String,
+    i64,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<Vec<u8>>,
+    Option<String>,
+);
+
+fn session(t: SessionTuple) -> SessionRow {
+    SessionRow {
+        id_hash: t.0,
+        user_id: t.1,
+        stage: t.2,
+        csrf_token: t.3,
+        created_at: t.4,
+        last_seen_at: t.5,
+        client_ip: t.6,
+        user_agent: t.7,
+        recovery_codes_enc: t.8,
+        flash: t.9,
+    }
+}
+
+const COLUMNS: &str = "id_hash, user_id, stage, csrf_token, created_at, last_seen_at, client_ip, user_agent, recovery_codes_enc, flash";
+
+/// Inserts a session and ends the oldest ones beyond `max_per_user`. Returns the ended ids.
+pub async fn insert(
+    tx: &mut WriteTx,
+    row: &SessionRow,
+    max_per_user: i64,
+) -> Result<u64, StoreError> {
+    sqlx::query(
+        "INSERT INTO sessions (id_hash, user_id, stage, csrf_token, created_at, last_seen_at, client_ip, user_agent, recovery_codes_enc, flash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(&row.id_hash)
+    .bind(row.user_id)
+    .bind(&row.stage)
+    .bind(&row.csrf_token)
+    .bind(row.created_at)
+    .bind(row.last_seen_at)
+    .bind(row.client_ip.as_deref())
+    .bind(row.user_agent.as_deref())
+    .bind(row.recovery_codes_enc.as_deref())
+    .bind(row.flash.as_deref())
+    .execute(tx.conn())
+    .await
+    .map_err(|e| StoreError::from_insert(e, "session id"))?;
+    let ended = sqlx::query(
+        "DELETE FROM sessions WHERE user_id = $1 AND id_hash NOT IN \
+         (SELECT id_hash FROM sessions WHERE user_id = $1 ORDER BY created_at DESC, id_hash LIMIT $2)",
+    )
+    .bind(row.user_id)
+    .bind(max_per_user)
+    .execute(tx.conn())
+    .await?
+    .rows_affected();
+    Ok(ended)
+}
+
+pub async fn find(db: &Db, id_hash: &str) -> Result<Option<SessionRow>, StoreError> {
+    let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM sessions WHERE id_hash = $1"));
+    let row: Option<SessionTuple> = sqlx::query_as(sql)
+        .bind(id_hash)
+        .fetch_optional(db.pool())
+        .await?;
+    Ok(row.map(session))
+}
+
+pub async fn touch(db: &Db, id_hash: &str, now: i64) -> Result<(), StoreError> {
+    let mut tx = db.begin_write().await?;
+    sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id_hash = $2")
+        .bind(now)
+        .bind(id_hash)
+        .execute(tx.conn())
+        .await?;
+    tx.commit().await
+}
+
+pub async fn delete(db: &Db, id_hash: &str) -> Result<bool, StoreError> {
+    let mut tx = db.begin_write().await?;
+    let n = sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
+        .bind(id_hash)
+        .execute(tx.conn())
+        .await?
+        .rows_affected();
+    tx.commit().await?;
+    Ok(n == 1)
+}
+
+pub async fn delete_in(tx: &mut WriteTx, id_hash: &str) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
+        .bind(id_hash)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
+/// Ends every session of `user_id` except `keep`; returns how many ended.
+pub async fn delete_others(tx: &mut WriteTx, user_id: i64, keep: &str) -> Result<u64, StoreError> {
+    Ok(
+        sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id_hash <> $2")
+            .bind(user_id)
+            .bind(keep)
+            .execute(tx.conn())
+            .await?
+            .rows_affected(),
+    )
+}
+
+pub async fn list_for_user(db: &Db, user_id: i64) -> Result<Vec<SessionRow>, StoreError> {
+    let sql = sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM sessions WHERE user_id = $1 ORDER BY created_at DESC"
+    ));
+    let rows: Vec<SessionTuple> = sqlx::query_as(sql)
+        .bind(user_id)
+        .fetch_all(db.pool())
+        .await?;
+    Ok(rows.into_iter().map(session).collect())
+}
+
+/// Takes (reads and clears) the session's sealed recovery codes.
+pub async fn take_recovery_codes(db: &Db, id_hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    let mut tx = db.begin_write().await?;
+    let row: Option<(Option<Vec<u8>>,)> =
+        sqlx::query_as("SELECT recovery_codes_enc FROM sessions WHERE id_hash = $1")
+            .bind(id_hash)
+            .fetch_optional(tx.conn())
+            .await?;
+    sqlx::query("UPDATE sessions SET recovery_codes_enc = NULL WHERE id_hash = $1")
+        .bind(id_hash)
+        .execute(tx.conn())
+        .await?;
+    tx.commit().await?;
+    Ok(row.and_then(|(codes,)| codes))
+}
+
+pub async fn set_flash(db: &Db, id_hash: &str, flash: Option<&str>) -> Result<(), StoreError> {
+    let mut tx = db.begin_write().await?;
+    sqlx::query("UPDATE sessions SET flash = $1 WHERE id_hash = $2")
+        .bind(flash)
+        .bind(id_hash)
+        .execute(tx.conn())
+        .await?;
+    tx.commit().await
+}
+
+pub async fn insert_recovery_codes(
+    tx: &mut WriteTx,
+    user_id: i64,
+    hashes: &[Vec<u8>],
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
+        .bind(user_id)
+        .execute(tx.conn())
+        .await?;
+    for hash in hashes {
+        sqlx::query("INSERT INTO recovery_codes (user_id, code_hash) VALUES ($1, $2)")
+            .bind(user_id)
+            .bind(hash.as_slice())
+            .execute(tx.conn())
+            .await?;
+    }
+    Ok(())
+}
+
+/// Marks a recovery code used; `true` only for the first use (atomic).
+pub async fn spend_recovery_code(
+    db: &Db,
+    user_id: i64,
+    hash: &[u8],
+    now: i64,
+) -> Result<bool, StoreError> {
+    let mut tx = db.begin_write().await?;
+    let n = sqlx::query("UPDATE recovery_codes SET used_at = $1 WHERE user_id = $2 AND code_hash = $3 AND used_at IS NULL")
+        .bind(now)
+        .bind(user_id)
+        .bind(hash)
+        .execute(tx.conn())
+        .await?
+        .rows_affected();
+    tx.commit().await?;
+    Ok(n == 1)
+}
+
+pub async fn recovery_codes_left(db: &Db, user_id: i64) -> Result<i64, StoreError> {
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL",
+    )
+    .bind(user_id)
+    .fetch_one(db.pool())
+    .await?;
+    Ok(n)
+}
+
+/// Failed logins from `client_ip` in the current window (fixed window per address).
+pub async fn ip_login_failures(
+    db: &Db,
+    client_ip: &str,
+    now: i64,
+    window_millis: i64,
+) -> Result<i64, StoreError> {
+    let row: Option<(i64,)> = sqlx::query_as(
+        "SELECT attempts FROM login_throttle WHERE client_ip = $1 AND window_start >= $2",
+    )
+    .bind(client_ip)
+    .bind(now - window_millis)
+    .fetch_optional(db.pool())
+    .await?;
+    Ok(row.map_or(0, |(n,)| n))
+}
+
+/// Counts a failed login from `client_ip`; a window older than `window_millis` starts afresh.
+pub async fn record_ip_login_failure(
+    db: &Db,
+    client_ip: &str,
+    now: i64,
+    window_millis: i64,
+) -> Result<(), StoreError> {
+    let mut tx = db.begin_write().await?;
+    sqlx::query("DELETE FROM login_throttle WHERE window_start < $1")
+        .bind(now - window_millis)
+        .execute(tx.conn())
+        .await?;
+    sqlx::query(
+        "INSERT INTO login_throttle (client_ip, window_start, attempts) VALUES ($1, $2, 1) \
+         ON CONFLICT (client_ip) DO UPDATE SET attempts = login_throttle.attempts + 1",
+    )
+    .bind(client_ip)
+    .bind(now)
+    .execute(tx.conn())
+    .await?;
+    tx.commit().await
+}
+
+/// Ends sessions idle or older than allowed (housekeeping; expiry is also checked per request).
+pub async fn delete_expired(
+    db: &Db,
+    idle_before: i64,
+    created_before: i64,
+) -> Result<u64, StoreError> {
+    let mut tx = db.begin_write().await?;
+    let n = sqlx::query("DELETE FROM sessions WHERE last_seen_at < $1 OR created_at < $2")
+        .bind(idle_before)
+        .bind(created_before)
+        .execute(tx.conn())
+        .await?
+        .rows_affected();
+    tx.commit().await?;
+    Ok(n)
+}

@@ -1,0 +1,146 @@
+//! Access is decided by extractors in the handler signature: `Visitor`, `PendingUser` (2FA not
+//! yet confirmed), `SessionUser` (either stage; logout) and `CurrentUser` (a full customer). A
+//! refused request is redirected (CONTRACT §2): no session → `/`; 2FA pending → `/2fa/setup`.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::context::{RequestContext, SessionState};
+use crate::auth::session::{EndReason, Session, Stage};
+use crate::startup::Services;
+
+/// Cookie telling the landing page why the session ended (shown once).
+pub const NOTICE_COOKIE: &str = "__Host-alphabank-notice";
+
+pub fn see_other(location: &str) -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response()
+}
+
+/// Appends a `Set-Cookie` header to a response.
+pub fn with_cookie(mut response: Response, cookie: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(cookie) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
+}
+
+fn ended_redirect(reason: EndReason) -> Response {
+    let kind = match reason {
+        EndReason::Idle => "idle",
+        EndReason::Absolute => "absolute",
+    };
+    let response = with_cookie(see_other("/"), &crate::auth::session::clear_cookie_header());
+    with_cookie(
+        response,
+        &format!("{NOTICE_COOKIE}={kind}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=600"),
+    )
+}
+
+fn context(parts: &Parts) -> RequestContext {
+    parts
+        .extensions
+        .get::<RequestContext>()
+        .cloned()
+        .unwrap_or(RequestContext {
+            request_id: String::new(),
+            client_ip: None,
+            user_agent: None,
+            session: SessionState::Anonymous,
+        })
+}
+
+/// A fully enrolled, logged-in customer.
+pub struct CurrentUser {
+    pub session: Session,
+    pub context: RequestContext,
+}
+
+impl FromRequestParts<Services> for CurrentUser {
+    type Rejection = Response;
+    async fn from_request_parts(parts: &mut Parts, _services: &Services) -> Result<Self, Response> {
+        let context = context(parts);
+        match &context.session {
+            SessionState::Live(session) if session.stage == Stage::Full => Ok(CurrentUser {
+                session: session.clone(),
+                context,
+            }),
+            SessionState::Live(_) => Err(see_other("/2fa/setup")),
+            SessionState::Ended(reason) => Err(ended_redirect(*reason)),
+            SessionState::Anonymous => Err(see_other("/")),
+        }
+    }
+}
+
+/// A signed-up customer who has not yet confirmed their authenticator.
+pub struct PendingUser {
+    pub session: Session,
+    pub context: RequestContext,
+}
+
+impl FromRequestParts<Services> for PendingUser {
+    type Rejection = Response;
+    async fn from_request_parts(parts: &mut Parts, _services: &Services) -> Result<Self, Response> {
+        let context = context(parts);
+        match &context.session {
+            SessionState::Live(session) if session.stage == Stage::PendingTwoFactor => {
+                Ok(PendingUser {
+                    session: session.clone(),
+                    context,
+                })
+            }
+            SessionState::Live(_) => Err(see_other("/")),
+            SessionState::Ended(reason) => Err(ended_redirect(*reason)),
+            SessionState::Anonymous => Err(see_other("/")),
+        }
+    }
+}
+
+/// Any live session, whatever its stage (logout).
+pub struct SessionUser {
+    pub session: Session,
+    pub context: RequestContext,
+}
+
+impl FromRequestParts<Services> for SessionUser {
+    type Rejection = Response;
+    async fn from_request_parts(parts: &mut Parts, _services: &Services) -> Result<Self, Response> {
+        let context = context(parts);
+        match &context.session {
+            SessionState::Live(session) => Ok(SessionUser {
+                session: session.clone(),
+                context,
+            }),
+            SessionState::Ended(reason) => Err(ended_redirect(*reason)),
+            SessionState::Anonymous => Err(see_other("/")),
+        }
+    }
+}
+
+/// Someone without a live session (sign-up and login pages). Customers are sent home.
+pub struct Visitor {
+    pub context: RequestContext,
+}
+
+impl FromRequestParts<Services> for Visitor {
+    type Rejection = Response;
+    async fn from_request_parts(parts: &mut Parts, _services: &Services) -> Result<Self, Response> {
+        let context = context(parts);
+        match &context.session {
+            SessionState::Live(session) if session.stage == Stage::Full => Err(see_other("/")),
+            SessionState::Live(_) => Err(see_other("/2fa/setup")),
+            _ => Ok(Visitor { context }),
+        }
+    }
+}
+
+/// The request context for pages open to everyone.
+pub struct Context(pub RequestContext);
+
+impl FromRequestParts<Services> for Context {
+    type Rejection = Response;
+    async fn from_request_parts(parts: &mut Parts, _services: &Services) -> Result<Self, Response> {
+        Ok(Context(context(parts)))
+    }
+}

@@ -1,0 +1,196 @@
+//! `/settings`: live sessions, recent security events, recovery codes left, password change and
+//! "log out everywhere else".
+
+use askama::Template;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+
+use super::extract::{CurrentUser, see_other};
+use super::form::CsrfForm;
+use super::view::{Chrome, Errors, flash, internal, render};
+use crate::auth::{self, AuthError, PasswordChange, PasswordChangeError};
+use crate::startup::Services;
+use crate::store::sessions as session_store;
+
+/// Security events shown on the settings page.
+pub const SETTINGS_EVENTS_MAX: u32 = 20;
+
+pub struct SessionLine {
+    pub current: bool,
+    pub created: String,
+    pub last_seen: String,
+    pub ip: String,
+    pub user_agent: String,
+}
+
+pub struct EventLine {
+    pub time: String,
+    pub what: String,
+    pub ip: String,
+}
+
+#[derive(Template)]
+#[template(path = "settings.html")]
+struct SettingsPage {
+    chrome: Chrome,
+    sessions: Vec<SessionLine>,
+    events: Vec<EventLine>,
+    recovery_left: i64,
+    errors: Errors,
+}
+
+fn short_time(millis: i64) -> String {
+    crate::audit::format_time(millis)
+        .get(..19)
+        .unwrap_or_default()
+        .replace('T', " ")
+}
+
+fn describe(event: &str, detail: &serde_json::Value) -> String {
+    match event {
+        "signup" => "Account opened".into(),
+        "login_succeeded" => "Logged in".into(),
+        "login_failed" => "Failed login attempt".into(),
+        "account_locked" => format!(
+            "Account locked for {} minutes after repeated failed logins",
+            detail
+                .get("locked_for_secs")
+                .and_then(|v| v.as_i64())
+                .unwrap_or(0)
+                / 60
+        ),
+        "logout" => "Logged out".into(),
+        "session_expired" => "Session ended".into(),
+        "sessions_revoked" => "Other sessions ended".into(),
+        "two_factor_enrolled" => "Authenticator app set up".into(),
+        "recovery_code_used" => "Recovery code used".into(),
+        "transfer" => "Money sent".into(),
+        "deposit" => "ATM deposit".into(),
+        "money_movement_refused" => "Payment refused".into(),
+        "csrf_rejected" => "Blocked a form from another site".into(),
+        "rate_limited" => "Too many requests; session ended".into(),
+        "captcha_failed" => "Security check failed".into(),
+        "access_denied" => "Access denied".into(),
+        "password_changed" => "Password changed".into(),
+        other => other.replace('_', " "),
+    }
+}
+
+async fn page(
+    services: &Services,
+    user: &CurrentUser,
+    status: StatusCode,
+    errors: Errors,
+) -> Response {
+    let request_id = &user.context.request_id;
+    let user_id = user.session.user_id;
+    let sessions = match session_store::list_for_user(&services.db, user_id).await {
+        Ok(rows) => rows
+            .into_iter()
+            .map(|s| SessionLine {
+                current: s.id_hash == user.session.id_hash,
+                created: short_time(s.created_at),
+                last_seen: short_time(s.last_seen_at),
+                ip: s.client_ip.unwrap_or_default(),
+                user_agent: s.user_agent.unwrap_or_default(),
+            })
+            .collect(),
+        Err(error) => return internal(request_id, error),
+    };
+    let events = match services
+        .audit
+        .recent_for_user(user_id, SETTINGS_EVENTS_MAX)
+        .await
+    {
+        Ok(lines) => lines
+            .into_iter()
+            .map(|l| EventLine {
+                what: describe(&l.event, &l.detail),
+                time: l.time.get(..19).unwrap_or_default().replace('T', " "),
+                ip: l.client_ip.unwrap_or_default(),
+            })
+            .collect(),
+        Err(error) => return internal(request_id, error),
+    };
+    let recovery_left = match session_store::recovery_codes_left(&services.db, user_id).await {
+        Ok(n) => n,
+        Err(error) => return internal(request_id, error),
+    };
+    let chrome = Chrome::for_session(services, &user.session, true).await;
+    render(
+        status,
+        &SettingsPage {
+            chrome,
+            sessions,
+            events,
+            recovery_left,
+            errors,
+        },
+        request_id,
+    )
+}
+
+pub async fn show(State(services): State<Services>, user: CurrentUser) -> Response {
+    page(&services, &user, StatusCode::OK, Errors::default()).await
+}
+
+pub async fn change_password(
+    State(services): State<Services>,
+    user: CurrentUser,
+    form: CsrfForm,
+) -> Response {
+    let change = PasswordChange {
+        current: form.get("current_password"),
+        new: form.get("new_password"),
+        confirm: form.get("new_password_confirm"),
+        otp: form.get("otp"),
+    };
+    match auth::change_password(&services, &user.context.audit(), &user.session, &change).await {
+        Ok(()) => {
+            flash(
+                &services,
+                &user.session,
+                "Your password was changed. Every other session was logged out.",
+            )
+            .await;
+            see_other("/settings")
+        }
+        Err(PasswordChangeError::Field { field, message }) => {
+            let status = match field {
+                "current_password" | "otp" => StatusCode::UNAUTHORIZED,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            page(&services, &user, status, Errors::one(field, message)).await
+        }
+        Err(PasswordChangeError::Auth(AuthError::Busy)) => {
+            page(
+                &services,
+                &user,
+                StatusCode::SERVICE_UNAVAILABLE,
+                Errors::one("form", "The bank is busy. Please try again in a moment."),
+            )
+            .await
+        }
+        Err(PasswordChangeError::Auth(error)) => internal(&user.context.request_id, error),
+    }
+}
+
+pub async fn revoke_others(
+    State(services): State<Services>,
+    user: CurrentUser,
+    _form: CsrfForm,
+) -> Response {
+    match auth::revoke_other_sessions(&services, &user.context.audit(), &user.session).await {
+        Ok(n) => {
+            let message = if n == 1 {
+                "1 other session was logged out.".to_string()
+            } else {
+                format!("{n} other sessions were logged out.")
+            };
+            flash(&services, &user.session, &message).await;
+            see_other("/settings")
+        }
+        Err(error) => internal(&user.context.request_id, error),
+    }
+}
