@@ -11,6 +11,7 @@ use axum_server::tls_rustls::RustlsConfig;
 
 use crate::audit::AuditLog;
 use crate::auth::password::PasswordHasher;
+use crate::captcha::Captcha;
 use crate::config::{CaptchaMode, Config};
 use crate::crypto::master::MasterKeySource;
 use crate::crypto::{CryptoError, Keyring, MasterKey};
@@ -27,11 +28,14 @@ pub struct Services {
     pub audit: AuditLog,
     pub ledger: Ledger,
     pub hasher: PasswordHasher,
+    pub captcha: Captcha,
     pub master_key_source: MasterKeySource,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("{0}")]
+    Config(String),
     #[error("database: {0}")]
     Database(String),
     #[error("{0}")]
@@ -90,6 +94,8 @@ pub async fn open_services(config: Config) -> Result<Services, StartError> {
         .ensure_cash_account()
         .await
         .map_err(|e| StartError::Database(e.to_string()))?;
+    let captcha = Captcha::try_new(&config, db.clone(), keyring.clone())
+        .map_err(|e| StartError::Config(e.to_string()))?;
     let hasher = PasswordHasher::new(config.argon2).map_err(|e| StartError::Keys(e.to_string()))?;
     Ok(Services {
         config: Arc::new(config),
@@ -98,6 +104,7 @@ pub async fn open_services(config: Config) -> Result<Services, StartError> {
         audit,
         ledger,
         hasher,
+        captcha,
         master_key_source,
     })
 }

@@ -5,12 +5,14 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 
+use super::captcha_gate;
 use super::context::cookie;
 use super::extract::{PendingUser, SessionUser, Visitor, see_other, with_cookie};
 use super::form::{CsrfForm, VISITOR_CSRF_COOKIE};
 use super::view::{Chrome, Errors, internal, render};
 use crate::auth::session::{NewSession, clear_cookie_header, cookie_header};
 use crate::auth::{self, AuthError, LoginAttempt};
+use crate::captcha::CaptchaFields;
 use crate::customers::CreateCustomerError;
 use crate::domain::{Email, Password, Username};
 use crate::startup::Services;
@@ -23,7 +25,7 @@ struct SignupPage {
     username: String,
     email: String,
     errors: Errors,
-    captcha_html: String,
+    captcha: CaptchaFields,
 }
 
 #[derive(Template)]
@@ -33,7 +35,7 @@ struct LoginPage {
     csrf_token: String,
     email: String,
     errors: Errors,
-    captcha_html: String,
+    captcha: CaptchaFields,
 }
 
 #[derive(Template)]
@@ -78,7 +80,11 @@ fn signed_in(location: &str, new: &NewSession) -> Response {
     with_cookie(see_other(location), &cookie_header(&new.cookie_value))
 }
 
-pub async fn signup_form(visitor: Visitor, headers: axum::http::HeaderMap) -> Response {
+pub async fn signup_form(
+    State(services): State<Services>,
+    visitor: Visitor,
+    headers: axum::http::HeaderMap,
+) -> Response {
     let (csrf_token, set) = visitor_token(&headers);
     let page = SignupPage {
         chrome: Chrome::visitor(),
@@ -86,7 +92,7 @@ pub async fn signup_form(visitor: Visitor, headers: axum::http::HeaderMap) -> Re
         username: String::new(),
         email: String::new(),
         errors: Errors::default(),
-        captcha_html: String::new(),
+        captcha: captcha_gate::fields(&services),
     };
     with_optional_cookie(
         render(StatusCode::OK, &page, &visitor.context.request_id),
@@ -127,7 +133,7 @@ pub async fn signup(
             username: form.get("username").chars().take(64).collect(),
             email: form.get("email").chars().take(254).collect(),
             errors,
-            captcha_html: String::new(),
+            captcha: captcha_gate::fields(&services),
         };
         render(status, &page, &context.request_id)
     };
@@ -136,6 +142,9 @@ pub async fn signup(
     else {
         return again(StatusCode::UNPROCESSABLE_ENTITY, errors);
     };
+    if let Err(message) = captcha_gate::verify(&services, &form, &context, "signup").await {
+        return again(StatusCode::BAD_REQUEST, Errors::one("form", message));
+    }
     let hash = match services.hasher.hash(&password).await {
         Ok(hash) => hash,
         Err(auth::password::HashError::Busy) => {
@@ -253,14 +262,18 @@ pub async fn recovery(
     }
 }
 
-pub async fn login_form(visitor: Visitor, headers: axum::http::HeaderMap) -> Response {
+pub async fn login_form(
+    State(services): State<Services>,
+    visitor: Visitor,
+    headers: axum::http::HeaderMap,
+) -> Response {
     let (csrf_token, set) = visitor_token(&headers);
     let page = LoginPage {
         chrome: Chrome::visitor(),
         csrf_token,
         email: String::new(),
         errors: Errors::default(),
-        captcha_html: String::new(),
+        captcha: captcha_gate::fields(&services),
     };
     with_optional_cookie(
         render(StatusCode::OK, &page, &visitor.context.request_id),
@@ -281,10 +294,13 @@ pub async fn login(State(services): State<Services>, visitor: Visitor, form: Csr
             csrf_token: form.get("csrf_token").to_string(),
             email: form.get("email").chars().take(254).collect(),
             errors: Errors::one("form", message),
-            captcha_html: String::new(),
+            captcha: captcha_gate::fields(&services),
         };
         render(status, &page, &context.request_id)
     };
+    if let Err(message) = captcha_gate::verify(&services, &form, &context, "login").await {
+        return again(StatusCode::BAD_REQUEST, message);
+    }
     match auth::login(
         &services,
         &context.audit(),

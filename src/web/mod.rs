@@ -2,12 +2,14 @@
 //! type that renders itself. Nothing below this module knows about HTTP.
 
 mod account;
+mod captcha_gate;
 pub mod context;
 mod error;
 pub mod extract;
 pub mod form;
 mod headers;
 mod home;
+mod money;
 mod pages;
 mod settings;
 mod view;
@@ -43,6 +45,10 @@ pub fn router(services: Services) -> Router {
             "/settings/sessions/revoke-others",
             axum::routing::post(settings::revoke_others),
         )
+        .route("/transfer", get(money::transfer_form).post(money::transfer))
+        .route("/atm", get(money::atm_form).post(money::atm))
+        .route("/receipts/{entry}", get(money::show_receipt))
+        .route("/transactions", get(money::history))
         .route("/healthz", get(healthz))
         .route("/static/{*file}", get(pages::static_file))
         .fallback(pages::not_found)

@@ -16,6 +16,14 @@ pub async fn static_file(Path(file): Path<String>) -> Response {
             "text/css; charset=utf-8",
         ),
         "logo.svg" => (include_bytes!("../../static/logo.svg"), "image/svg+xml"),
+        "pow.js" => (
+            include_bytes!("../../static/pow.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        "pow-worker.js" => (
+            include_bytes!("../../static/pow-worker.js"),
+            "text/javascript; charset=utf-8",
+        ),
         _ => return (StatusCode::NOT_FOUND, "Not found").into_response(),
     };
     (

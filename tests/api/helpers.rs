@@ -430,3 +430,80 @@ impl Customer {
         }
     }
 }
+
+impl Customer {
+    /// GETs a money form and returns its hidden fields (csrf_token, idempotency_key).
+    pub async fn form_keys(&self, page: &str) -> (String, String) {
+        let html = self.get(page).await.text().await.unwrap();
+        (
+            input_value(&html, "csrf_token").expect("csrf"),
+            input_value(&html, "idempotency_key").expect("idempotency key"),
+        )
+    }
+
+    pub async fn post(&self, action: &str, fields: &[(&str, &str)]) -> reqwest::Response {
+        self.client
+            .post(format!("{}{action}", self.base))
+            .form(fields)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    /// An ATM deposit through the form, with a fresh code.
+    pub async fn deposit(&self, amount: &str) -> reqwest::Response {
+        let (csrf, key) = self.form_keys("/atm").await;
+        let code = self.next_code();
+        self.post(
+            "/atm",
+            &[
+                ("csrf_token", &csrf),
+                ("idempotency_key", &key),
+                ("amount", amount),
+                ("username", &self.username),
+                ("card_name", "Kari Nordmann"),
+                ("otp", &code),
+            ],
+        )
+        .await
+    }
+
+    /// A transfer through the form, with a fresh code.
+    pub async fn transfer(&self, to: &str, amount: &str, message: &str) -> reqwest::Response {
+        let (csrf, key) = self.form_keys("/transfer").await;
+        let code = self.next_code();
+        self.post(
+            "/transfer",
+            &[
+                ("csrf_token", &csrf),
+                ("idempotency_key", &key),
+                ("amount", amount),
+                ("from_username", &self.username),
+                ("to_username", to),
+                ("message", message),
+                ("otp", &code),
+            ],
+        )
+        .await
+    }
+
+    pub async fn balance_minor(&self) -> i64 {
+        let html = self.get("/").await.text().await.unwrap();
+        let at = html
+            .find("id=\"balance\" data-minor=\"")
+            .expect("balance mark")
+            + 25;
+        html[at..at + html[at..].find('"').unwrap()]
+            .parse()
+            .unwrap()
+    }
+
+    pub async fn user_id(&self, services: &Services) -> i64 {
+        let (id,): (i64,) = sqlx::query_as("SELECT id FROM users WHERE username_key = $1")
+            .bind(self.username.to_ascii_lowercase())
+            .fetch_one(services.db.pool())
+            .await
+            .unwrap();
+        id
+    }
+}

@@ -8,6 +8,7 @@
 )]
 
 mod accounts;
+mod banking;
 mod captcha;
 mod cli;
 mod crash;

@@ -1,0 +1,573 @@
+//! Money pages: transfer, ATM deposit, receipts and the full history.
+//!
+//! A money-moving POST is checked in the contract's order: session, CSRF (extractors), then the
+//! idempotency key (issued with the form, signed for this customer; a key that already moved
+//! money answers 303 to its receipt), field syntax, captcha, one-time code, business rules. Every
+//! refusal re-shows the form with a message next to the field, keeps what was typed (not the
+//! code), moves nothing, and is audited.
+
+use askama::Template;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::Response;
+
+use super::captcha_gate;
+use super::extract::{CurrentUser, see_other};
+use super::form::CsrfForm;
+use super::home::Row;
+use super::view::{Chrome, Errors, internal, render};
+use crate::audit::AuditContext;
+use crate::captcha::CaptchaFields;
+use crate::domain::{Amount, CardName, DepositAmount, IdempotencyKey, Message, Username};
+use crate::ledger::LedgerError;
+use crate::limits::HISTORY_PAGE_ROWS;
+use crate::startup::Services;
+
+/// Issues an idempotency key for this customer: `random.mac`, so a key cannot be forged or
+/// borrowed from another customer.
+fn issue_key(services: &Services, user_id: i64) -> String {
+    let random = hex::encode(crate::crypto::random_bytes::<16>());
+    format!("{random}.{}", key_mac(services, user_id, &random))
+}
+
+fn key_mac(services: &Services, user_id: i64, random: &str) -> String {
+    let mac = services.keyring.mac(&[
+        b"idempotency-key",
+        &user_id.to_be_bytes(),
+        random.as_bytes(),
+    ]);
+    hex::encode(mac.get(..16).unwrap_or_default())
+}
+
+/// The key, if it is well-formed and was issued to this customer.
+fn issued_key(services: &Services, user_id: i64, raw: &str) -> Option<IdempotencyKey> {
+    let key = IdempotencyKey::parse(raw).ok()?;
+    let (random, mac) = raw.split_once('.')?;
+    crate::crypto::constant_time_eq(
+        key_mac(services, user_id, random).as_bytes(),
+        mac.as_bytes(),
+    )
+    .then_some(key)
+}
+
+async fn own_username(services: &Services, user_id: i64) -> Option<String> {
+    crate::store::users::username_of(&services.db, user_id)
+        .await
+        .ok()
+        .flatten()
+}
+
+#[derive(Template)]
+#[template(path = "transfer.html")]
+struct TransferPage {
+    chrome: Chrome,
+    balance: String,
+    key: String,
+    amount: String,
+    from_username: String,
+    to_username: String,
+    message: String,
+    errors: Errors,
+    captcha: CaptchaFields,
+}
+
+#[derive(Template)]
+#[template(path = "atm.html")]
+struct AtmPage {
+    chrome: Chrome,
+    balance: String,
+    key: String,
+    amount: String,
+    username: String,
+    card_name: String,
+    errors: Errors,
+    captcha: CaptchaFields,
+}
+
+/// Which form, for refusal audit events.
+const TRANSFER: &str = "transfer";
+const DEPOSIT: &str = "deposit";
+
+struct Refusal {
+    status: StatusCode,
+    errors: Errors,
+    reason: &'static str,
+}
+
+fn refuse(
+    status: StatusCode,
+    field: &'static str,
+    message: impl Into<String>,
+    reason: &'static str,
+) -> Refusal {
+    Refusal {
+        status,
+        errors: Errors::one(field, message),
+        reason,
+    }
+}
+
+async fn balance_text(services: &Services, user_id: i64) -> String {
+    services
+        .ledger
+        .balance(user_id)
+        .await
+        .map(|b| b.to_string())
+        .unwrap_or_default()
+}
+
+pub async fn transfer_form(State(services): State<Services>, user: CurrentUser) -> Response {
+    let user_id = user.session.user_id;
+    let page = TransferPage {
+        chrome: Chrome::for_session(&services, &user.session, true).await,
+        balance: balance_text(&services, user_id).await,
+        key: issue_key(&services, user_id),
+        amount: String::new(),
+        from_username: own_username(&services, user_id).await.unwrap_or_default(),
+        to_username: String::new(),
+        message: String::new(),
+        errors: Errors::default(),
+        captcha: captcha_gate::fields(&services),
+    };
+    render(StatusCode::OK, &page, &user.context.request_id)
+}
+
+pub async fn atm_form(State(services): State<Services>, user: CurrentUser) -> Response {
+    let user_id = user.session.user_id;
+    let page = AtmPage {
+        chrome: Chrome::for_session(&services, &user.session, true).await,
+        balance: balance_text(&services, user_id).await,
+        key: issue_key(&services, user_id),
+        amount: String::new(),
+        username: own_username(&services, user_id).await.unwrap_or_default(),
+        card_name: String::new(),
+        errors: Errors::default(),
+        captcha: captcha_gate::fields(&services),
+    };
+    render(StatusCode::OK, &page, &user.context.request_id)
+}
+
+/// Steps shared by both money forms, up to (not including) the ledger call. `Ok(None)` means the
+/// key already moved money: answer with its receipt.
+async fn common_checks(
+    services: &Services,
+    user: &CurrentUser,
+    form: &CsrfForm,
+    kind: &'static str,
+    field_errors: Errors,
+) -> Result<Option<IdempotencyKey>, Refusal> {
+    let user_id = user.session.user_id;
+    let Some(key) = issued_key(services, user_id, form.get("idempotency_key")) else {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "form",
+            "This form has expired or was changed. Reload the page and try again.",
+            "bad_idempotency_key",
+        ));
+    };
+    if services
+        .ledger
+        .replayed_entry(user_id, &key)
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        return Ok(None);
+    }
+    if !field_errors.is_empty() {
+        return Err(Refusal {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            errors: field_errors,
+            reason: "invalid_fields",
+        });
+    }
+    if let Err(message) = captcha_gate::verify(services, form, &user.context, kind).await {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "form",
+            message,
+            "captcha_failed",
+        ));
+    }
+    match crate::auth::check_totp(services, user_id, form.get("otp")).await {
+        Ok(true) => Ok(Some(key)),
+        Ok(false) => Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "otp",
+            "The code is not right, or was already used. Wait for the next code in your app.",
+            "wrong_code",
+        )),
+        Err(error) => {
+            tracing::error!(%error, "one-time code check failed");
+            Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "form",
+                "The bank is busy. Please try again in a moment.",
+                "unavailable",
+            ))
+        }
+    }
+}
+
+fn ledger_refusal(error: &LedgerError) -> Option<Refusal> {
+    let message = error.to_string();
+    match error {
+        LedgerError::InsufficientFunds => Some(refuse(
+            StatusCode::CONFLICT,
+            "amount",
+            message,
+            "insufficient_funds",
+        )),
+        LedgerError::SelfTransfer => Some(refuse(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "to_username",
+            message,
+            "self_transfer",
+        )),
+        LedgerError::UnknownReceiver => Some(refuse(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "to_username",
+            message,
+            "unknown_receiver",
+        )),
+        _ => None,
+    }
+}
+
+fn receipt(entry_id: i64) -> Response {
+    see_other(&format!("/receipts/{entry_id}"))
+}
+
+pub async fn transfer(
+    State(services): State<Services>,
+    user: CurrentUser,
+    form: CsrfForm,
+) -> Response {
+    let mut errors = Errors::default();
+    let amount = Amount::parse(form.get("amount"))
+        .map_err(|e| errors.add("amount", e.to_string()))
+        .ok();
+    let from = Username::parse(form.get("from_username"))
+        .map_err(|e| errors.add("from_username", e.to_string()))
+        .ok();
+    let to = Username::parse(form.get("to_username"))
+        .map_err(|e| errors.add("to_username", e.to_string()))
+        .ok();
+    let message = Message::parse(form.get("message"))
+        .map_err(|e| errors.add("message", e.to_string()))
+        .ok();
+    let outcome = async {
+        let Some(key) = common_checks(&services, &user, &form, TRANSFER, errors).await? else {
+            return Ok(None);
+        };
+        let (Some(amount), Some(from), Some(to), Some(message)) = (amount, from, to, message)
+        else {
+            return Err(refuse(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "form",
+                "Check the fields.",
+                "invalid_fields",
+            ));
+        };
+        let own = own_username(&services, user.session.user_id)
+            .await
+            .unwrap_or_default();
+        if from.lookup_key() != own.to_ascii_lowercase() {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                "from_username",
+                "Enter your own username to confirm that the money leaves your account.",
+                "not_own_username",
+            ));
+        }
+        let ctx = user.context.audit();
+        match services
+            .ledger
+            .transfer(&ctx, user.session.user_id, &to, amount, &message, &key)
+            .await
+        {
+            Ok(outcome) => Ok(Some(outcome.entry_id())),
+            Err(error) => match ledger_refusal(&error) {
+                Some(refusal) => Err(refusal),
+                None => {
+                    tracing::error!(%error, "transfer failed");
+                    Err(unreachable_refusal())
+                }
+            },
+        }
+    }
+    .await;
+    finish(&services, &user, &form, TRANSFER, outcome).await
+}
+
+fn unreachable_refusal() -> Refusal {
+    refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "form",
+        "Something went wrong on our side. Nothing was changed.",
+        "internal_error",
+    )
+}
+
+pub async fn atm(State(services): State<Services>, user: CurrentUser, form: CsrfForm) -> Response {
+    let mut errors = Errors::default();
+    let amount = DepositAmount::parse(form.get("amount"))
+        .map_err(|e| errors.add("amount", e.to_string()))
+        .ok();
+    let username = Username::parse(form.get("username"))
+        .map_err(|e| errors.add("username", e.to_string()))
+        .ok();
+    let card_name = CardName::parse(form.get("card_name"))
+        .map_err(|e| errors.add("card_name", e.to_string()))
+        .ok();
+    let outcome = async {
+        let Some(key) = common_checks(&services, &user, &form, DEPOSIT, errors).await? else {
+            return Ok(None);
+        };
+        let (Some(amount), Some(username), Some(card_name)) = (amount, username, card_name) else {
+            return Err(refuse(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "form",
+                "Check the fields.",
+                "invalid_fields",
+            ));
+        };
+        let own = own_username(&services, user.session.user_id)
+            .await
+            .unwrap_or_default();
+        if username.lookup_key() != own.to_ascii_lowercase() {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                "username",
+                "Enter your own username: deposits go to your own account.",
+                "not_own_username",
+            ));
+        }
+        let ctx = user.context.audit();
+        match services
+            .ledger
+            .deposit(&ctx, user.session.user_id, amount, &card_name, &key)
+            .await
+        {
+            Ok(outcome) => Ok(Some(outcome.entry_id())),
+            Err(error) => {
+                tracing::error!(%error, "deposit failed");
+                Err(unreachable_refusal())
+            }
+        }
+    }
+    .await;
+    finish(&services, &user, &form, DEPOSIT, outcome).await
+}
+
+/// Turns the outcome of a money form into the response: a receipt, or the form again.
+async fn finish(
+    services: &Services,
+    user: &CurrentUser,
+    form: &CsrfForm,
+    kind: &'static str,
+    outcome: Result<Option<i64>, Refusal>,
+) -> Response {
+    let user_id = user.session.user_id;
+    let refusal = match outcome {
+        Ok(Some(entry_id)) => return receipt(entry_id),
+        Ok(None) => {
+            // The key already moved money: its first receipt.
+            let key = IdempotencyKey::parse(form.get("idempotency_key")).ok();
+            let entry = match key {
+                Some(key) => services
+                    .ledger
+                    .replayed_entry(user_id, &key)
+                    .await
+                    .ok()
+                    .flatten(),
+                None => None,
+            };
+            return match entry {
+                Some(entry_id) => receipt(entry_id),
+                None => internal(&user.context.request_id, "idempotent entry vanished"),
+            };
+        }
+        Err(refusal) => refusal,
+    };
+    let audit_ctx: AuditContext = user.context.audit();
+    services
+        .ledger
+        .audit_refusal(&audit_ctx, kind, refusal.reason)
+        .await;
+    let chrome = Chrome::for_session(services, &user.session, true).await;
+    let balance = balance_text(services, user_id).await;
+    let keep = |name: &str, max: usize| form.get(name).chars().take(max).collect::<String>();
+    let key = if issued_key(services, user_id, form.get("idempotency_key")).is_some() {
+        form.get("idempotency_key").to_string()
+    } else {
+        issue_key(services, user_id)
+    };
+    let captcha = captcha_gate::fields(services);
+    let request_id = &user.context.request_id;
+    if kind == TRANSFER {
+        let page = TransferPage {
+            chrome,
+            balance,
+            key,
+            amount: keep("amount", 20),
+            from_username: keep("from_username", 64),
+            to_username: keep("to_username", 64),
+            message: keep("message", 200),
+            errors: refusal.errors,
+            captcha,
+        };
+        render(refusal.status, &page, request_id)
+    } else {
+        let page = AtmPage {
+            chrome,
+            balance,
+            key,
+            amount: keep("amount", 20),
+            username: keep("username", 64),
+            card_name: keep("card_name", 100),
+            errors: refusal.errors,
+            captcha,
+        };
+        render(refusal.status, &page, request_id)
+    }
+}
+
+#[derive(Template)]
+#[template(path = "receipt.html")]
+struct ReceiptPage {
+    chrome: Chrome,
+    row: Row,
+    kind: String,
+    balance_minor: i64,
+    balance: String,
+}
+
+pub async fn show_receipt(
+    State(services): State<Services>,
+    user: CurrentUser,
+    Path(entry): Path<String>,
+) -> Response {
+    let request_id = &user.context.request_id;
+    let not_found = || {
+        super::error::render_error(
+            StatusCode::NOT_FOUND,
+            "There is no such receipt.",
+            request_id,
+        )
+    };
+    let Ok(entry_id) = entry.parse::<i64>() else {
+        return not_found();
+    };
+    let movement = match services
+        .ledger
+        .movement(user.session.user_id, entry_id)
+        .await
+    {
+        Ok(Some(m)) => m,
+        Ok(None) => return not_found(),
+        Err(error) => return internal(request_id, error),
+    };
+    let balance = match services.ledger.balance(user.session.user_id).await {
+        Ok(b) => b,
+        Err(error) => return internal(request_id, error),
+    };
+    let kind = movement.kind.clone();
+    let chrome = Chrome::for_session(&services, &user.session, true).await;
+    let page = ReceiptPage {
+        chrome,
+        row: Row::from(movement),
+        kind,
+        balance_minor: balance.minor(),
+        balance: balance.to_string(),
+    };
+    render(StatusCode::OK, &page, request_id)
+}
+
+#[derive(Template)]
+#[template(path = "transactions.html")]
+struct HistoryPage {
+    chrome: Chrome,
+    rows: Vec<Row>,
+    page: u32,
+    last_page: u32,
+    total: i64,
+}
+
+/// `page` from the query: absent → 1; anything but a whole number ≥ 1 → `None`.
+fn page_number(uri: &Uri) -> Option<u32> {
+    let query = uri.query().unwrap_or_default();
+    let mut found = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name == "page" {
+            if found.is_some()
+                || value.is_empty()
+                || value.len() > 9
+                || !value.bytes().all(|b| b.is_ascii_digit())
+            {
+                return None;
+            }
+            found = Some(value.parse::<u32>().ok().filter(|n| *n >= 1)?);
+        }
+    }
+    Some(found.unwrap_or(1))
+}
+
+pub async fn history(State(services): State<Services>, user: CurrentUser, uri: Uri) -> Response {
+    let request_id = &user.context.request_id;
+    let Some(page) = page_number(&uri) else {
+        return super::error::render_error(
+            StatusCode::BAD_REQUEST,
+            "The page number must be a whole number from 1.",
+            request_id,
+        );
+    };
+    match services
+        .ledger
+        .history(user.session.user_id, page, HISTORY_PAGE_ROWS)
+        .await
+    {
+        Ok(history) => {
+            let chrome = Chrome::for_session(&services, &user.session, true).await;
+            let page = HistoryPage {
+                chrome,
+                rows: history.rows.into_iter().map(Row::from).collect(),
+                page: history.page,
+                last_page: history.last_page,
+                total: history.total_rows,
+            };
+            render(StatusCode::OK, &page, request_id)
+        }
+        Err(LedgerError::NoSuchPage { last_page }) => super::error::render_error(
+            StatusCode::NOT_FOUND,
+            &format!("That page does not exist. Your history has {last_page} page(s)."),
+            request_id,
+        ),
+        Err(error) => internal(request_id, error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::page_number;
+
+    #[test]
+    fn page_numbers() {
+        let p = |q: &str| page_number(&format!("/transactions{q}").parse().unwrap_or_default());
+        assert_eq!(p(""), Some(1));
+        assert_eq!(p("?page=3"), Some(3));
+        for bad in [
+            "?page=0",
+            "?page=-1",
+            "?page=abc",
+            "?page=",
+            "?page=1&page=2",
+            "?page=99999999999",
+            "?page=1e3",
+        ] {
+            assert_eq!(p(bad), None, "{bad}");
+        }
+    }
+}
