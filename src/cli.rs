@@ -71,8 +71,8 @@ pub async fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    crate::telemetry::init(config.log_format);
     let command = cli.command.unwrap_or(Command::Serve);
+    crate::telemetry::init(config.log_format, !matches!(command, Command::Serve));
     if let Command::Serve = command {
         return match Application::build(config).await {
             Ok(app) => match app.run_until_stopped().await {

@@ -9,6 +9,12 @@ pub const REQUEST_BODY_BYTES_MAX: usize = 16 * 1024;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// A client must send its request head within this time (slowloris).
 pub const REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head (request line + headers) hyper buffers; beyond it: 431.
+pub const REQUEST_HEAD_BYTES_MAX: usize = 16 * 1024;
+/// Longest request target (path + query); beyond it: 414.
+pub const REQUEST_URI_BYTES_MAX: usize = 2_048;
+/// Requests handled at once by one instance; beyond it: 503 at once (no unbounded queue).
+pub const REQUESTS_IN_FLIGHT_MAX: usize = 1_024;
 /// Graceful shutdown waits at most this long for in-flight requests.
 pub const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 

@@ -29,6 +29,8 @@ pub struct Services {
     pub ledger: Ledger,
     pub hasher: PasswordHasher,
     pub captcha: Captcha,
+    pub rate_limiter: Arc<crate::web::rate_limit::ClientLimiter>,
+    pub in_flight: Arc<tokio::sync::Semaphore>,
     pub master_key_source: MasterKeySource,
 }
 
@@ -97,6 +99,9 @@ pub async fn open_services(config: Config) -> Result<Services, StartError> {
     let captcha = Captcha::try_new(&config, db.clone(), keyring.clone())
         .map_err(|e| StartError::Config(e.to_string()))?;
     let hasher = PasswordHasher::new(config.argon2).map_err(|e| StartError::Keys(e.to_string()))?;
+    let rate_limiter = Arc::new(crate::web::rate_limit::ClientLimiter::per_minute(
+        config.rate_limit_per_min,
+    ));
     Ok(Services {
         config: Arc::new(config),
         db,
@@ -105,6 +110,10 @@ pub async fn open_services(config: Config) -> Result<Services, StartError> {
         ledger,
         hasher,
         captcha,
+        rate_limiter,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(
+            crate::limits::REQUESTS_IN_FLIGHT_MAX,
+        )),
         master_key_source,
     })
 }
@@ -269,16 +278,14 @@ impl Application {
             .into_make_service_with_connect_info::<SocketAddr>();
         let result = match tls {
             Some(tls) => {
-                axum_server::from_tcp_rustls(listener, tls)?
-                    .handle(handle)
-                    .serve(app)
-                    .await
+                let mut server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle);
+                limit_http(server.http_builder());
+                server.serve(app).await
             }
             None => {
-                axum_server::from_tcp(listener)?
-                    .handle(handle)
-                    .serve(app)
-                    .await
+                let mut server = axum_server::from_tcp(listener)?.handle(handle);
+                limit_http(server.http_builder());
+                server.serve(app).await
             }
         };
         if let Some(redirect_handle) = redirect_task {
@@ -291,19 +298,48 @@ impl Application {
     }
 }
 
+/// Bounds on the HTTP layer: slow-client header timeout (slowloris) and request head size.
+fn limit_http(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+) {
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(crate::limits::REQUEST_HEADER_TIMEOUT)
+        .max_buf_size(crate::limits::REQUEST_HEAD_BYTES_MAX);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_header_list_size(
+            u32::try_from(crate::limits::REQUEST_HEAD_BYTES_MAX).unwrap_or(u32::MAX),
+        );
+}
+
 /// How often a running server re-reads the stored data keys (after `keys rotate`).
 const KEYRING_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Background upkeep: re-read the keyring (after `keys rotate`), evict idle rate-limit keys,
+/// and delete expired sessions (expiry is also checked on every request).
 fn spawn_keyring_refresh(services: &Services) -> tokio::task::JoinHandle<()> {
-    let keyring = services.keyring.clone();
-    let db = services.db.clone();
+    let services = services.clone();
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(KEYRING_REFRESH_INTERVAL);
         interval.tick().await;
         loop {
             interval.tick().await;
-            if let Err(error) = keyring.refresh(&db).await {
+            if let Err(error) = services.keyring.refresh(&services.db).await {
                 tracing::error!(%error, "could not refresh the keyring");
+            }
+            services.rate_limiter.evict_idle();
+            let now = crate::now_millis();
+            let idle = i64::try_from(services.config.session_idle_secs).unwrap_or(0) * 1_000;
+            let absolute =
+                i64::try_from(services.config.session_absolute_secs).unwrap_or(0) * 1_000;
+            if let Err(error) =
+                crate::store::sessions::delete_expired(&services.db, now - idle, now - absolute)
+                    .await
+            {
+                tracing::error!(%error, "could not delete expired sessions");
             }
         }
     })

@@ -86,10 +86,54 @@ pub fn client_ip(services: &Services, peer: Option<IpAddr>, headers: &HeaderMap)
 
 pub async fn request_context(
     State(services): State<Services>,
-    mut request: Request,
+    request: Request,
     next: Next,
 ) -> Response {
+    use tracing::Instrument as _;
     let request_id = hex::encode(crate::crypto::random_bytes::<8>());
+    let span = tracing::info_span!("request", request_id = %request_id, method = %request.method(), path = %request.uri().path());
+    let mut response = handle(services, request, next, request_id.clone())
+        .instrument(span)
+        .await;
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+async fn handle(
+    services: Services,
+    mut request: Request,
+    next: Next,
+    request_id: String,
+) -> Response {
+    use axum::http::StatusCode;
+    let Ok(_in_flight) = services.in_flight.clone().try_acquire_owned() else {
+        return super::error::render_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The bank is very busy right now. Please try again in a moment.",
+            &request_id,
+        );
+    };
+    if request.uri().to_string().len() > crate::limits::REQUEST_URI_BYTES_MAX {
+        return super::error::render_error(
+            StatusCode::URI_TOO_LONG,
+            "The address is too long.",
+            &request_id,
+        );
+    }
+    let head_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if head_bytes > crate::limits::REQUEST_HEAD_BYTES_MAX {
+        return super::error::render_error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "The request headers are too large.",
+            &request_id,
+        );
+    }
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -106,11 +150,9 @@ pub async fn request_context(
         user_agent,
         session: SessionState::Anonymous,
     };
-    let span = tracing::info_span!("request", request_id = %request_id, method = %request.method(), path = %request.uri().path());
-    let _entered = span.enter();
-    if !request.uri().path().starts_with("/static/")
-        && let Some(value) = cookie(request.headers(), SESSION_COOKIE)
-    {
+    let path = request.uri().path().to_string();
+    let counted = !(path.starts_with("/static/") || path == "/healthz");
+    if counted && let Some(value) = cookie(request.headers(), SESSION_COOKIE) {
         match session::lookup(&services, value, &context.audit()).await {
             Ok(Lookup::Live(s)) => context.session = SessionState::Live(s),
             Ok(Lookup::Ended(reason)) => context.session = SessionState::Ended(reason),
@@ -118,16 +160,79 @@ pub async fn request_context(
             Err(error) => {
                 tracing::error!(%error, "session lookup failed");
                 return super::error::render_error(
-                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    StatusCode::SERVICE_UNAVAILABLE,
                     "The bank is busy. Please try again in a moment.",
                     &request_id,
                 );
             }
         }
     }
+    if counted {
+        let key = match &context.session {
+            SessionState::Live(s) => format!("s:{}", s.id_hash),
+            _ => format!(
+                "ip:{}",
+                context
+                    .client_ip
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_default()
+            ),
+        };
+        if let super::rate_limit::Decision::Limited { retry_after } =
+            services.rate_limiter.check(&key)
+        {
+            return rate_limited(&services, &context, &path, retry_after).await;
+        }
+    }
     request.extensions_mut().insert(context);
-    let mut response = next.run(request).await.into_response();
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
+    // A panic in a handler becomes the generic 500 page, never a dropped connection.
+    match futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(next.run(request)))
+        .await
+    {
+        Ok(response) => response.into_response(),
+        Err(_) => {
+            tracing::error!("handler panicked");
+            super::error::render_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong on our side. Nothing was changed. Please try again; if it keeps happening, contact us with the request id below.",
+                &request_id,
+            )
+        }
+    }
+}
+
+/// 429 with `Retry-After`; a logged-in session also ends (audited).
+async fn rate_limited(
+    services: &Services,
+    context: &RequestContext,
+    path: &str,
+    retry_after: std::time::Duration,
+) -> Response {
+    let event = crate::audit::AuditEvent::RateLimited {
+        path: crate::audit::AuditEvent::path(path),
+    };
+    services
+        .audit
+        .record_best_effort(&context.audit(), event)
+        .await;
+    let mut response = super::error::render_error(
+        axum::http::StatusCode::TOO_MANY_REQUESTS,
+        "Too many requests. Wait a little and try again.",
+        &context.request_id,
+    );
+    let secs = retry_after.as_secs().max(1);
+    if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    if let SessionState::Live(session) = &context.session {
+        if let Err(error) = crate::store::sessions::delete(&services.db, &session.id_hash).await {
+            tracing::error!(%error, "could not end a rate-limited session");
+        }
+        if let Ok(value) = HeaderValue::from_str(&session::clear_cookie_header()) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
+    }
+    if let Ok(value) = HeaderValue::from_str(&context.request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
     response

@@ -7,10 +7,37 @@ use axum::response::Response;
 
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; worker-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-pub async fn security_headers(tls: bool, request: Request, next: Next) -> Response {
+/// The policy, extended with a third-party captcha provider's origins only when one is configured.
+pub fn content_security_policy(extra: &crate::captcha::CspSources) -> HeaderValue {
+    let join = |v: &[&str]| v.iter().map(|s| format!(" {s}")).collect::<String>();
+    let policy = if extra.is_empty() {
+        CONTENT_SECURITY_POLICY.to_string()
+    } else {
+        format!(
+            "default-src 'none'; script-src 'self'{}; style-src 'self'{}; img-src 'self' data:; connect-src 'self'{}; frame-src{}; worker-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            join(&extra.script),
+            join(&extra.style),
+            join(&extra.connect),
+            if extra.frame.is_empty() {
+                " 'none'".to_string()
+            } else {
+                join(&extra.frame)
+            },
+        )
+    };
+    HeaderValue::from_str(&policy).unwrap_or(HeaderValue::from_static(CONTENT_SECURITY_POLICY))
+}
+
+pub async fn security_headers(
+    tls: bool,
+    csp: HeaderValue,
+    request: Request,
+    next: Next,
+) -> Response {
     let is_static = request.uri().path().starts_with("/static/");
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
+    headers.insert(header::CONTENT_SECURITY_POLICY, csp);
     let mut set = |name: HeaderName, value: &'static str| {
         headers.insert(name, HeaderValue::from_static(value));
     };
@@ -20,7 +47,6 @@ pub async fn security_headers(tls: bool, request: Request, next: Next) -> Respon
             "max-age=63072000; includeSubDomains",
         );
     }
-    set(header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY);
     set(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(header::X_FRAME_OPTIONS, "DENY");
     set(header::REFERRER_POLICY, "no-referrer");

@@ -11,6 +11,7 @@ mod headers;
 mod home;
 mod money;
 mod pages;
+pub mod rate_limit;
 mod settings;
 mod view;
 
@@ -29,6 +30,7 @@ use crate::startup::Services;
 
 pub fn router(services: Services) -> Router {
     let tls = !services.config.plain_http;
+    let csp = headers::content_security_policy(&services.captcha.csp_sources());
     Router::new()
         .route("/", get(home::index))
         .route("/signup", get(account::signup_form).post(account::signup))
@@ -53,13 +55,19 @@ pub fn router(services: Services) -> Router {
         .route("/static/{*file}", get(pages::static_file))
         .fallback(pages::not_found)
         .method_not_allowed_fallback(pages::method_not_allowed)
-        .layer(middleware::from_fn(move |req, next| {
-            headers::security_headers(tls, req, next)
-        }))
+        // Innermost first: the request timeout, then the context (request id, limits, session,
+        // rate limit), then the security headers outermost so that every response carries them.
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            crate::limits::REQUEST_TIMEOUT,
+        ))
         .layer(middleware::from_fn_with_state(
             services.clone(),
             context::request_context,
         ))
+        .layer(middleware::from_fn(move |req, next| {
+            headers::security_headers(tls, csp.clone(), req, next)
+        }))
         .with_state(services)
 }
 

@@ -1,0 +1,305 @@
+//! Hardening: rate limits, error pages, request limits and hostile input.
+
+use std::io::{Read, Write};
+
+use crate::helpers::{input_value, spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn the_sixty_first_request_in_a_minute_gets_429_and_spoofed_forwarded_for_is_ignored() {
+    let app = spawn_app().await;
+    for i in 0..60 {
+        // A client cannot buy a fresh bucket by claiming another address: nobody is a trusted proxy.
+        let r = app
+            .client
+            .get(format!("{}/login", app.base))
+            .header("x-forwarded-for", format!("10.0.0.{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+    }
+    let r = app
+        .client
+        .get(format!("{}/login", app.base))
+        .header("x-forwarded-for", "10.9.9.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().get("retry-after").is_some());
+    assert!(
+        r.headers().get("content-security-policy").is_some(),
+        "error responses carry the headers too"
+    );
+    assert!(r.text().await.unwrap().contains("Too many requests"));
+    // Static files and health checks are not counted.
+    assert_eq!(
+        app.client
+            .get(format!("{}/static/app.css", app.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.client
+            .get(format!("{}/healthz", app.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let events = app.services.audit.tail(10).await.unwrap();
+    assert!(events.iter().any(|e| e.event == "rate_limited"));
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_s_forwarded_for_gives_each_client_its_own_bucket() {
+    let app = spawn_app_with(&[("ALPHABANK_TRUSTED_PROXIES", "127.0.0.1/32")]).await;
+    for i in 0..200 {
+        let r = app
+            .client
+            .get(format!("{}/login", app.base))
+            .header("x-forwarded-for", format!("203.0.113.{}", i % 250))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}
+
+#[tokio::test]
+async fn a_logged_in_session_over_the_limit_is_ended() {
+    let app = spawn_app_with(&[("ALPHABANK_RATE_LIMIT_PER_MIN", "30")]).await;
+    let kari = app.customer("kari").await;
+    let mut limited = None;
+    for i in 0..40 {
+        let r = kari.get("/settings").await;
+        if r.status() == 429 {
+            limited = Some(i);
+            break;
+        }
+        assert_eq!(r.status(), 200);
+    }
+    assert!(limited.is_some());
+    let r = kari.get("/settings").await;
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            r.headers()["location"].to_str().unwrap()
+        ),
+        (303, "/"),
+        "the session ended"
+    );
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM sessions")
+        .fetch_one(app.services.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn hostile_form_bodies_get_a_clear_4xx_and_change_nothing() {
+    let app = spawn_app().await;
+    let kari = app.customer("kari").await;
+    let page = kari.get("/atm").await.text().await.unwrap();
+    let csrf = input_value(&page, "csrf_token").unwrap();
+    let key = input_value(&page, "idempotency_key").unwrap();
+    let url = format!("{}/atm", app.base);
+    let raw = |body: String, content_type: &'static str| {
+        let client = kari.client.clone();
+        let url = url.clone();
+        async move {
+            client
+                .post(url)
+                .header("content-type", content_type)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let form = "application/x-www-form-urlencoded";
+    let base =
+        format!("csrf_token={csrf}&idempotency_key={key}&username=kari&card_name=Visa&otp=000000");
+    for (body, content_type, status) in [
+        (format!("{base}&amount=%FF%FE"), form, 400),
+        (format!("{base}&amount=1&amount=2"), form, 400),
+        (format!("{base}&amount=1%00"), form, 400),
+        (format!("{base}&amount=%zz"), form, 400),
+        (
+            format!("{base}&amount=1000000000000000000000000000000"),
+            form,
+            422,
+        ),
+        ("{\"amount\": 1}".to_string(), "application/json", 415),
+        (
+            format!("{base}&amount=1&pad={}", "x".repeat(20_000)),
+            form,
+            413,
+        ),
+    ] {
+        let r = raw(body.clone(), content_type).await;
+        assert_eq!(
+            r.status().as_u16(),
+            status,
+            "{}",
+            &body[body.len().saturating_sub(60)..]
+        );
+        let html = r.text().await.unwrap();
+        assert!(
+            !html.contains("panicked") && !html.contains("src/"),
+            "no internals shown"
+        );
+    }
+    assert_eq!(kari.balance_minor().await, 0);
+}
+
+#[tokio::test]
+async fn oversized_requests_are_refused() {
+    let app = spawn_app().await;
+    let long = format!("{}/{}", app.base, "a".repeat(3_000));
+    assert_eq!(app.client.get(long).send().await.unwrap().status(), 414);
+    let r = app
+        .client
+        .get(format!("{}/", app.base))
+        .header("x-big", "y".repeat(20_000))
+        .send()
+        .await;
+    let r = r.expect("answered with a status, not a dropped connection");
+    assert_eq!(r.status(), 431);
+}
+
+#[tokio::test]
+async fn a_slow_client_that_never_finishes_its_headers_is_disconnected() {
+    let app = spawn_app_with(&[("ALPHABANK_PLAIN_HTTP", "true")]).await;
+    let addr = app.addr;
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+            .unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 1024];
+        let n = stream.read(&mut buf).unwrap_or(0);
+        (n, started.elapsed())
+    })
+    .await
+    .unwrap();
+    assert!(
+        closed.1 >= std::time::Duration::from_secs(9),
+        "closed after the header timeout, not before"
+    );
+    assert!(
+        closed.1 < std::time::Duration::from_secs(25),
+        "closed by the server, {closed:?}"
+    );
+    let _ = closed.0;
+}
+
+#[tokio::test]
+async fn error_pages_are_generic_and_in_the_site_layout() {
+    let app = spawn_app().await;
+    for (method, path, status) in [
+        ("GET", "/nope", 404),
+        ("PUT", "/login", 405),
+        ("DELETE", "/", 405),
+    ] {
+        let r = app
+            .client
+            .request(method.parse().unwrap(), format!("{}{path}", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{method} {path}");
+        let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        let html = r.text().await.unwrap();
+        assert!(
+            html.contains("AlphaBank")
+                && html.contains("WE VALUE YOUR SECURITY")
+                && html.contains(&id)
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_built_in_captcha_guards_the_forms() {
+    let app = spawn_app_with(&[("ALPHABANK_CAPTCHA", "pow"), ("ALPHABANK_POW_BITS", "8")]).await;
+    let client = app.new_client();
+    let page = client
+        .get(format!("{}/signup", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("data-bits=\"8\"") && page.contains("/static/pow.js"));
+    let csrf = input_value(&page, "csrf_token").unwrap();
+    let challenge = input_value(&page, "pow_challenge").unwrap();
+    let pw = "quiet fjord lantern evening";
+    let fields = |nonce: &str| {
+        vec![
+            ("csrf_token".to_string(), csrf.clone()),
+            ("username".into(), "powuser".into()),
+            ("email".into(), "pow@example.no".into()),
+            ("password".into(), pw.into()),
+            ("password_confirm".into(), pw.into()),
+            ("pow_challenge".into(), challenge.clone()),
+            ("pow_nonce".into(), nonce.to_string()),
+        ]
+    };
+    // Missing or wrong work: refused, nothing created.
+    let r = client
+        .post(format!("{}/signup", app.base))
+        .form(&fields(""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let nonce = (0u64..)
+        .find(|n| alphabank::captcha::pow::work_bits(&challenge, &n.to_string()) >= 8)
+        .unwrap()
+        .to_string();
+    let r = client
+        .post(format!("{}/signup", app.base))
+        .form(&fields(&nonce))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    // The same solution again: refused (single use).
+    let other = app.new_client();
+    let page = other
+        .get(format!("{}/signup", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut again = fields(&nonce);
+    again[0].1 = input_value(&page, "csrf_token").unwrap();
+    again[1].1 = "another".into();
+    again[2].1 = "another@example.no".into();
+    let r = other
+        .post(format!("{}/signup", app.base))
+        .form(&again)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let events = app.services.audit.tail(20).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .filter(|e| e.event == "captcha_failed")
+            .count()
+            >= 2
+    );
+}
