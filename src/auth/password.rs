@@ -5,16 +5,14 @@
 //! recognised and rehashed at the next successful login.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
-use tokio::sync::Semaphore;
+use argon2::password_hash::{PasswordHash, PasswordHasher as _, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 
 use crate::config::Argon2Cost;
 use crate::domain::Password;
 
-/// Requests allowed to wait for a hashing slot; more are refused with [`HashError::Busy`].
+/// Hashing requests allowed to wait for a thread; more are refused with [`HashError::Busy`].
 pub const ARGON2_QUEUE_DEPTH_MAX: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,11 +23,16 @@ pub enum HashError {
     Internal(String),
 }
 
+/// A job for the hashing threads.
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// Argon2 runs on a small fixed set of threads (one per core) fed by a bounded queue. A fixed set
+/// matters: each thread's allocator keeps the `m` KiB it used, so hashing on an unbounded blocking
+/// pool would let resident memory grow with the number of threads ever used.
 #[derive(Clone)]
 pub struct PasswordHasher {
     params: Params,
-    slots: Arc<Semaphore>,
-    waiting: Arc<AtomicUsize>,
+    queue: std::sync::mpsc::SyncSender<Job>,
     dummy_hash: Arc<String>,
 }
 
@@ -58,6 +61,27 @@ fn argon2(params: &Params) -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
 }
 
+fn start_workers(workers: usize) -> Result<std::sync::mpsc::SyncSender<Job>, HashError> {
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<Job>(ARGON2_QUEUE_DEPTH_MAX);
+    let receiver = Arc::new(std::sync::Mutex::new(receiver));
+    for index in 0..workers {
+        let receiver = receiver.clone();
+        std::thread::Builder::new()
+            .name(format!("argon2-{index}"))
+            .spawn(move || {
+                loop {
+                    let job = receiver.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => break, // the hasher was dropped
+                    }
+                }
+            })
+            .map_err(|e| HashError::Internal(e.to_string()))?;
+    }
+    Ok(sender)
+}
+
 impl PasswordHasher {
     pub fn new(cost: Argon2Cost) -> Result<Self, HashError> {
         let params = Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None)
@@ -74,45 +98,36 @@ impl PasswordHasher {
             .to_string();
         Ok(PasswordHasher {
             params,
-            slots: Arc::new(Semaphore::new(cores)),
-            waiting: Arc::new(AtomicUsize::new(0)),
+            queue: start_workers(cores)?,
             dummy_hash: Arc::new(dummy),
         })
     }
 
-    /// Runs `work` on the blocking pool once a slot is free, or refuses when the queue is full.
+    /// Runs `work` on a hashing thread, or refuses at once when the queue is full.
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, HashError> {
-        if self.waiting.fetch_add(1, Ordering::SeqCst) >= ARGON2_QUEUE_DEPTH_MAX {
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
-            return Err(HashError::Busy);
-        }
-        let permit = self.slots.clone().acquire_owned().await;
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
-        let permit = permit.map_err(|_| HashError::Busy)?;
-        let result = tokio::task::spawn_blocking(move || {
-            let value = work();
-            drop(permit);
-            value
-        })
-        .await
-        .map_err(|e| HashError::Internal(e.to_string()))?;
-        Ok(result)
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = reply.send(work());
+        });
+        self.queue.try_send(job).map_err(|e| match e {
+            std::sync::mpsc::TrySendError::Full(_) => HashError::Busy,
+            std::sync::mpsc::TrySendError::Disconnected(_) => {
+                HashError::Internal("hashing threads stopped".into())
+            }
+        })?;
+        answer
+            .await
+            .map_err(|_| HashError::Internal("hashing thread failed".into()))
     }
 
     pub async fn hash(&self, password: &Password) -> Result<String, HashError> {
         let params = self.params.clone();
         let secret = zeroize::Zeroizing::new(password.expose().as_bytes().to_vec());
-        self.run(move || {
-            let salt = SaltString::generate(&mut rand::rngs::OsRng);
-            argon2(&params)
-                .hash_password(&secret, &salt)
-                .map(|h| h.to_string())
-        })
-        .await?
-        .map_err(|e| HashError::Internal(e.to_string()))
+        self.run(move || hash_with_reused_memory(&params, &secret))
+            .await?
     }
 
     /// Verifies `password` against `stored` (or against the dummy hash when `stored` is `None`,
@@ -132,7 +147,7 @@ impl PasswordHasher {
             let Ok(parsed) = PasswordHash::new(&stored) else {
                 return Verified::No;
             };
-            let ok = Argon2::default().verify_password(&secret, &parsed).is_ok();
+            let ok = verify_with_reused_memory(&parsed, &secret);
             if !ok || is_dummy {
                 return Verified::No;
             }
@@ -151,6 +166,82 @@ impl PasswordHasher {
         })
         .await
     }
+}
+
+thread_local! {
+    /// Each hashing thread keeps one Argon2 memory area and reuses it: memory is allocated once
+    /// per thread, not once per hash (the allocator would otherwise keep freed areas around).
+    static BLOCKS: std::cell::RefCell<Vec<Block>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn with_blocks<T>(count: usize, work: impl FnOnce(&mut [Block]) -> T) -> T {
+    BLOCKS.with(|cell| {
+        let mut blocks = cell.borrow_mut();
+        if blocks.len() < count {
+            blocks.resize(count, Block::default());
+        }
+        let area = blocks.get_mut(..count).unwrap_or_default();
+        let result = work(area);
+        // Wipe what the hash left behind (it derives from the password).
+        for block in area.iter_mut() {
+            *block = Block::default();
+        }
+        result
+    })
+}
+
+/// Output length of new hashes (bytes), as in the `argon2` crate's default.
+const HASH_OUTPUT_BYTES: usize = 32;
+
+fn hash_with_reused_memory(params: &Params, secret: &[u8]) -> Result<String, HashError> {
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    let mut salt_buf = [0u8; 64];
+    let salt_raw = salt
+        .as_salt()
+        .decode_b64(&mut salt_buf)
+        .map_err(|e| HashError::Internal(e.to_string()))?;
+    let mut out = zeroize::Zeroizing::new([0u8; HASH_OUTPUT_BYTES]);
+    with_blocks(params.block_count(), |blocks| {
+        argon2(params).hash_password_into_with_memory(secret, salt_raw, &mut out[..], blocks)
+    })
+    .map_err(|e| HashError::Internal(e.to_string()))?;
+    let phc = PasswordHash {
+        algorithm: argon2::ARGON2ID_IDENT,
+        version: Some(Version::V0x13.into()),
+        params: argon2::password_hash::ParamsString::try_from(params)
+            .map_err(|e| HashError::Internal(e.to_string()))?,
+        salt: Some(salt.as_salt()),
+        hash: Some(
+            argon2::password_hash::Output::new(&out[..])
+                .map_err(|e| HashError::Internal(e.to_string()))?,
+        ),
+    };
+    Ok(phc.to_string())
+}
+
+fn verify_with_reused_memory(parsed: &PasswordHash<'_>, secret: &[u8]) -> bool {
+    let (Ok(algorithm), Ok(params), Some(salt), Some(expected)) = (
+        Algorithm::try_from(parsed.algorithm),
+        Params::try_from(parsed),
+        parsed.salt,
+        parsed.hash,
+    ) else {
+        return false;
+    };
+    let version = parsed
+        .version
+        .and_then(|v| Version::try_from(v).ok())
+        .unwrap_or(Version::V0x13);
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt_raw) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let mut out = zeroize::Zeroizing::new(vec![0u8; expected.len()]);
+    let computed = with_blocks(params.block_count(), |blocks| {
+        Argon2::new(algorithm, version, params.clone())
+            .hash_password_into_with_memory(secret, salt_raw, &mut out, blocks)
+    });
+    computed.is_ok() && crate::crypto::constant_time_eq(&out, expected.as_bytes())
 }
 
 #[cfg(test)]

@@ -16,4 +16,5 @@ mod hardening;
 mod health;
 mod helpers;
 mod ledger;
+mod process;
 mod tamper;
