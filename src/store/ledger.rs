@@ -258,26 +258,28 @@ type HistoryTuple = (
 
 /// Postings of one account with `seq` in `[seq_low, seq_high]`, newest first. Reads only the rows
 /// asked for, through the `(account_id, seq)` primary key, whatever the history's length.
+/// The history query: one account's postings in a `seq` range, through the primary key. Public so
+/// that a test can check its query plan reads only the rows asked for.
+pub const HISTORY_RANGE_SQL: &str = "SELECT p.seq, p.entry_id, p.amount_enc, p.created_at, e.kind, e.message_enc, e.card_name_enc, u.username \
+         FROM postings p \
+         JOIN journal_entries e ON e.id = p.entry_id \
+         LEFT JOIN accounts ca ON ca.id = p.counterparty_account_id \
+         LEFT JOIN users u ON u.id = ca.user_id \
+         WHERE p.account_id = $1 AND p.seq >= $2 AND p.seq <= $3 \
+         ORDER BY p.seq DESC";
+
 pub async fn history_range(
     db: &Db,
     account_id: i64,
     seq_low: i64,
     seq_high: i64,
 ) -> Result<Vec<HistoryRow>, StoreError> {
-    let rows: Vec<HistoryTuple> = sqlx::query_as(
-        "SELECT p.seq, p.entry_id, p.amount_enc, p.created_at, e.kind, e.message_enc, e.card_name_enc, u.username \
-         FROM postings p \
-         JOIN journal_entries e ON e.id = p.entry_id \
-         LEFT JOIN accounts ca ON ca.id = p.counterparty_account_id \
-         LEFT JOIN users u ON u.id = ca.user_id \
-         WHERE p.account_id = $1 AND p.seq >= $2 AND p.seq <= $3 \
-         ORDER BY p.seq DESC",
-    )
-    .bind(account_id)
-    .bind(seq_low)
-    .bind(seq_high)
-    .fetch_all(db.pool())
-    .await?;
+    let rows: Vec<HistoryTuple> = sqlx::query_as(HISTORY_RANGE_SQL)
+        .bind(account_id)
+        .bind(seq_low)
+        .bind(seq_high)
+        .fetch_all(db.pool())
+        .await?;
     Ok(rows
         .into_iter()
         .map(|t| HistoryRow {

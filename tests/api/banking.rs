@@ -351,3 +351,84 @@ async fn a_receipt_belongs_to_its_customer() {
     assert_eq!(eve.get(&receipt).await.status(), 404);
     assert_eq!(eve.get("/receipts/not-a-number").await.status(), 404);
 }
+
+/// Reading the home page costs the same with 10 or 50 000 movements: the history query reads the
+/// newest rows through the `(account_id, seq)` primary key and never scans the account's postings.
+#[tokio::test]
+async fn home_reads_only_the_newest_rows_whatever_the_history_length() {
+    use alphabank::store::Engine;
+    let app = spawn_app().await;
+    let kari = app.customer("kari").await;
+    let s = &app.services;
+    let user = kari.user_id(s).await;
+    let (account,): (i64,) = sqlx::query_as("SELECT id FROM accounts WHERE user_id = $1")
+        .bind(user)
+        .fetch_one(s.db.pool())
+        .await
+        .unwrap();
+    const MOVEMENTS: i64 = 50_000;
+    let filler = vec![0u8; 45];
+    sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50000) \
+         INSERT INTO journal_entries (id, kind, initiator_user_id, created_at, message_enc, card_name_enc, mac) \
+         SELECT 1000000 + i, 'deposit', $1, i, NULL, NULL, $2 FROM n",
+    )
+    .bind(user)
+    .bind(filler.clone())
+    .execute(s.db.pool())
+    .await
+    .unwrap();
+    sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50000) \
+         INSERT INTO postings (account_id, seq, entry_id, counterparty_account_id, amount_enc, created_at, prev_mac, mac) \
+         SELECT $1, i, 1000000 + i, 1, $2, i, $2, $2 FROM n",
+    )
+    .bind(account)
+    .bind(filler)
+    .execute(s.db.pool())
+    .await
+    .unwrap();
+    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM postings WHERE account_id = $1")
+        .bind(account)
+        .fetch_one(s.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(count, MOVEMENTS);
+    sqlx::query("ANALYZE").execute(s.db.pool()).await.unwrap();
+    let sql = alphabank::store::ledger::HISTORY_RANGE_SQL;
+    let plan: Vec<String> = match s.db.engine() {
+        Engine::Sqlite => {
+            let rows: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                    .bind(account)
+                    .bind(MOVEMENTS - 9)
+                    .bind(MOVEMENTS)
+                    .fetch_all(s.db.pool())
+                    .await
+                    .unwrap();
+            rows.into_iter().map(|r| r.3).collect()
+        }
+        Engine::Postgres => {
+            let rows: Vec<(String,)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")))
+                    .bind(account)
+                    .bind(MOVEMENTS - 9)
+                    .bind(MOVEMENTS)
+                    .fetch_all(s.db.pool())
+                    .await
+                    .unwrap();
+            rows.into_iter().map(|r| r.0).collect()
+        }
+    };
+    let text = plan.join("\n");
+    match s.db.engine() {
+        Engine::Sqlite => {
+            assert!(text.contains("SEARCH p USING PRIMARY KEY (account_id=? AND seq>? AND seq<?)") || text.contains("SEARCH p USING INDEX sqlite_autoindex_postings_1 (account_id=? AND seq>? AND seq<?)"), "{text}");
+            assert!(!text.contains("SCAN p"), "{text}");
+        }
+        Engine::Postgres => {
+            assert!(text.contains("postings_pkey"), "{text}");
+            assert!(!text.contains("Seq Scan on postings"), "{text}");
+        }
+    }
+}
