@@ -21,6 +21,10 @@ pub enum TlsError {
     Config(String),
 }
 
+/// Validity of the generated certificate (the CA/Browser Forum's maximum for public certificates);
+/// delete `tls-cert.pem` and `tls-key.pem` to have a new one generated at the next start.
+pub const GENERATED_CERT_VALIDITY_DAYS: i64 = 397;
+
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -51,9 +55,25 @@ pub fn ensure_files(
     }
     std::fs::create_dir_all(data_dir)
         .map_err(|e| TlsError::Io(format!("cannot create {}: {e}", data_dir.display())))?;
-    let generated =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+    let key_pair = rcgen::KeyPair::generate().map_err(|e| TlsError::Generate(e.to_string()))?;
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
             .map_err(|e| TlsError::Generate(e.to_string()))?;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(GENERATED_CERT_VALIDITY_DAYS);
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        "AlphaBank (self-signed, localhost)",
+    );
+    let certificate = params
+        .self_signed(&key_pair)
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    let generated = rcgen::CertifiedKey {
+        cert: certificate,
+        signing_key: key_pair,
+    };
     write_private(&key, generated.signing_key.serialize_pem().as_bytes())?;
     std::fs::write(&cert, generated.cert.pem())
         .map_err(|e| TlsError::Io(format!("cannot write {}: {e}", cert.display())))?;
