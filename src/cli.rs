@@ -37,6 +37,15 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Create N enrolled demo customers (and H movements for the first) in an empty database.
+    Seed {
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::seed::SEED_CUSTOMERS_MAX)))]
+        customers: u32,
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::seed::SEED_MOVEMENTS_MAX)))]
+        movements: u32,
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// Manage data keys.
     Keys {
         #[command(subcommand)]
@@ -131,6 +140,24 @@ async fn run_command(services: &Services, command: Command) -> ExitCode {
             }
             Err(error) => fail(&format!("cannot read the audit log: {error}")),
         },
+        Command::Seed {
+            customers,
+            movements,
+            out,
+        } => {
+            let started = std::time::Instant::now();
+            match crate::seed::seed(services, customers, movements, &out).await {
+                Ok(()) => {
+                    println!(
+                        "seed: {customers} customers, {movements} movements for the first, credentials in {} (mode 0600), {:.1} s",
+                        out.display(),
+                        started.elapsed().as_secs_f64()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(error) => fail(&format!("seed: {error}")),
+            }
+        }
         Command::Keys {
             command: KeysCommand::Rotate,
         } => match crate::crypto::rotation::rotate(&services.db, &services.keyring).await {

@@ -22,6 +22,7 @@ pub mod customers;
 pub mod domain;
 pub mod ledger;
 pub mod limits;
+pub mod seed;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

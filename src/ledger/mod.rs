@@ -386,7 +386,7 @@ impl Ledger {
         tx: &mut WriteTx,
         content: &EntryContent<'_>,
         postings: [(AccountRow, i64); 2],
-    ) -> Result<(), LedgerError> {
+    ) -> Result<[AccountRow; 2], LedgerError> {
         // Invariant (TigerBeetle style): the postings of an entry sum to zero.
         let sum: i64 = postings.iter().map(|(_, amount)| amount).sum();
         if sum != 0 {
@@ -410,6 +410,7 @@ impl Ledger {
         };
         ledger_store::insert_entry(tx, &entry).await?;
         let account_ids = postings.each_ref().map(|(account, _)| account.id);
+        let mut updated = Vec::with_capacity(2);
         for (index, (account, amount)) in postings.into_iter().enumerate() {
             let counterparty = account_ids.get(1 - index).copied();
             let old_balance = self
@@ -438,8 +439,55 @@ impl Ledger {
             let balance_enc = self.keyring.seal_i64(&balance_aad(account.id), new_balance);
             ledger_store::update_account_head(tx, account.id, &balance_enc, seq, &posting.mac)
                 .await?;
+            updated.push(AccountRow {
+                balance_enc,
+                seq,
+                head_mac: posting.mac,
+                ..account
+            });
         }
-        Ok(())
+        <[AccountRow; 2]>::try_from(updated).map_err(|_| {
+            StoreError::Corrupt(format!("entry {} has not two postings", content.id)).into()
+        })
+    }
+
+    /// Many ATM deposits for one customer in one transaction (operator seeding, `alphabank seed`):
+    /// the same rules, encryption, chains and audit events as [`Ledger::deposit`], one commit.
+    pub async fn seed_deposits(
+        &self,
+        ctx: &AuditContext,
+        user_id: i64,
+        amounts: &[DepositAmount],
+        card_name: &CardName,
+    ) -> Result<u64, LedgerError> {
+        let mut tx = self.db.begin_write().await?;
+        let account_id = ledger_store::account_id_of_user(tx.conn(), user_id)
+            .await?
+            .ok_or(LedgerError::NoAccount)?;
+        let (mut cash, mut customer) = self.lock_pair(&mut tx, CASH_ACCOUNT_ID, account_id).await?;
+        let ctx = ctx.with_user(user_id);
+        for amount in amounts {
+            let entry_id = random_row_id();
+            let content = EntryContent {
+                id: entry_id,
+                kind: KIND_DEPOSIT,
+                initiator_user_id: user_id,
+                created_at: crate::now_millis(),
+                message: None,
+                card_name: Some(card_name.as_str()),
+            };
+            let minor = amount.amount().minor();
+            let [c, k] = self
+                .write_entry(&mut tx, &content, [(customer, minor), (cash, -minor)])
+                .await?;
+            customer = c;
+            cash = k;
+            self.audit
+                .record_in(&mut tx, &ctx, AuditEvent::Deposit { entry_id })
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(amounts.len() as u64)
     }
 
     /// Page `page` (1 = newest) of a customer's history, `rows_per_page` rows. Reads only the
