@@ -119,6 +119,13 @@ fn same_origin(request: &Request, plain_http: bool) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };
+    if origin == "null" {
+        // `Referrer-Policy: no-referrer` makes browsers send `Origin: null` on their own form
+        // posts; believe it only together with the browser's own `Sec-Fetch-Site: same-origin`.
+        return headers
+            .get("sec-fetch-site")
+            .is_some_and(|v| v == "same-origin");
+    }
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())

@@ -709,3 +709,30 @@ async fn at_most_ten_sessions_per_customer() {
         "the oldest session (enrollment) ended"
     );
 }
+
+#[tokio::test]
+async fn a_browser_s_origin_null_is_believed_only_with_sec_fetch_site_same_origin() {
+    let app = spawn_app().await;
+    let kari = app.customer("kari").await;
+    let token = input_value(&body(kari.get("/settings").await).await, "csrf_token").unwrap();
+    // What a browser sends under Referrer-Policy: no-referrer.
+    let r = kari
+        .client
+        .post(format!("{}/settings/sessions/revoke-others", app.base))
+        .header("origin", "null")
+        .form(&[("csrf_token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "Origin: null alone is not enough");
+    let r = kari
+        .client
+        .post(format!("{}/settings/sessions/revoke-others", app.base))
+        .header("origin", "null")
+        .header("sec-fetch-site", "same-origin")
+        .form(&[("csrf_token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+}
