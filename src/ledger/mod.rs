@@ -190,7 +190,12 @@ impl Ledger {
             .is_none()
         {
             let row = self.new_account_row(CASH_ACCOUNT_ID, None, "cash");
-            ledger_store::insert_account(&mut tx, &row, crate::now_millis()).await?;
+            match ledger_store::insert_account(&mut tx, &row, crate::now_millis()).await {
+                Ok(()) => {}
+                // Another instance starting at the same moment created it first.
+                Err(StoreError::Conflict(_)) => return Ok(()),
+                Err(error) => return Err(error.into()),
+            }
         }
         tx.commit().await?;
         Ok(())
