@@ -108,3 +108,147 @@ async fn crash_child_deposit_stream() {
         out.flush().unwrap();
     }
 }
+
+/// The same, against the real server binary: customers deposit at the ATM through HTTPS,
+/// concurrently; the server is SIGKILLed once a dozen deposits were acknowledged (303), while
+/// others are in flight. Afterwards `alphabank verify` passes on the same data and every
+/// acknowledged deposit is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_server_during_atm_deposits_loses_no_acknowledged_deposit() {
+    const CUSTOMERS: usize = 24;
+    const ACKS_BEFORE_KILL: usize = 12;
+    let mut server = crate::process::start(&[("ALPHABANK_RATE_LIMIT_PER_MIN", "100000")]).await;
+    let out = server.dir.path().join("seed.json");
+    let seed = Command::new(env!("CARGO_BIN_EXE_alphabank"))
+        .args([
+            "seed",
+            "--customers",
+            &CUSTOMERS.to_string(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .env_clear()
+        .envs(server.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    assert!(
+        seed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seed.stderr)
+    );
+    let seeded: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let step = crate::helpers::now_step();
+    let (acks, mut acked_rx) = tokio::sync::mpsc::unbounded_channel::<(String, i64)>();
+    for customer in seeded {
+        let (client, base, acks) = (server.client(), server.url(""), acks.clone());
+        tokio::spawn(async move {
+            let secret = alphabank::auth::totp::TotpSecret::from_bytes(
+                &data_encoding::BASE32_NOPAD
+                    .decode(customer["totp_secret"].as_str().unwrap().as_bytes())
+                    .unwrap(),
+            );
+            let text = |r: reqwest::Response| async move { r.text().await.unwrap_or_default() };
+            let Ok(page) = client.get(format!("{base}/login")).send().await else {
+                return;
+            };
+            let page = text(page).await;
+            let Some(csrf) = crate::helpers::input_value(&page, "csrf_token") else {
+                return;
+            };
+            let code = format!("{:06}", secret.code_at_step(step));
+            let login = client
+                .post(format!("{base}/login"))
+                .form(&[
+                    ("csrf_token", csrf.as_str()),
+                    ("email", customer["email"].as_str().unwrap()),
+                    ("password", customer["password"].as_str().unwrap()),
+                    ("otp", code.as_str()),
+                ])
+                .send()
+                .await;
+            if !login.is_ok_and(|r| r.status() == 303) {
+                return;
+            }
+            let Ok(atm) = client.get(format!("{base}/atm")).send().await else {
+                return;
+            };
+            let atm = text(atm).await;
+            let (Some(csrf), Some(key)) = (
+                crate::helpers::input_value(&atm, "csrf_token"),
+                crate::helpers::input_value(&atm, "idempotency_key"),
+            ) else {
+                return;
+            };
+            let code = format!("{:06}", secret.code_at_step(step + 1));
+            let username = customer["username"].as_str().unwrap().to_string();
+            let deposit = client
+                .post(format!("{base}/atm"))
+                .form(&[
+                    ("csrf_token", csrf.as_str()),
+                    ("idempotency_key", key.as_str()),
+                    ("amount", "10"),
+                    ("username", username.as_str()),
+                    ("card_name", "Crash Test"),
+                    ("otp", code.as_str()),
+                ])
+                .send()
+                .await;
+            if let Ok(r) = deposit
+                && r.status() == 303
+            {
+                let entry: i64 = r.headers()["location"]
+                    .to_str()
+                    .unwrap()
+                    .trim_start_matches("/receipts/")
+                    .parse()
+                    .unwrap();
+                let _ = acks.send((username, entry));
+            }
+        });
+    }
+    drop(acks);
+    let mut acknowledged = Vec::new();
+    while let Some(ack) = acked_rx.recv().await {
+        acknowledged.push(ack);
+        if acknowledged.len() == ACKS_BEFORE_KILL {
+            server.child.kill().unwrap(); // SIGKILL: no drain, no clean close
+            break;
+        }
+    }
+    assert_eq!(
+        acknowledged.len(),
+        ACKS_BEFORE_KILL,
+        "enough deposits were acknowledged before the kill"
+    );
+    let _ = server.child.wait();
+    let verify = Command::new(env!("CARGO_BIN_EXE_alphabank"))
+        .arg("verify")
+        .env_clear()
+        .envs(server.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let services = open_services(Config::load_from(None, &server.env).unwrap())
+        .await
+        .unwrap();
+    for (username, entry) in &acknowledged {
+        let (user_id, _) = alphabank::store::users::id_by_username_key(&services.db, username)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            services
+                .ledger
+                .movement(user_id, *entry)
+                .await
+                .unwrap()
+                .is_some(),
+            "acknowledged deposit {entry} of {username} is missing"
+        );
+    }
+}

@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex};
 
 use crate::helpers::{input_value, test_env};
 
-struct Server {
-    child: Child,
-    port: u16,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) port: u16,
     output: Arc<Mutex<Vec<String>>>,
-    dir: tempfile::TempDir,
-    env: Vec<(String, String)>,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) env: Vec<(String, String)>,
 }
 
 impl Drop for Server {
@@ -22,7 +22,7 @@ impl Drop for Server {
     }
 }
 
-async fn start(extra: &[(&str, &str)]) -> Server {
+pub(crate) async fn start(extra: &[(&str, &str)]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let mut env = test_env(dir.path(), extra).await;
     env.push(("ALPHABANK_LOG_FORMAT".into(), "json".into()));
@@ -77,7 +77,7 @@ async fn start(extra: &[(&str, &str)]) -> Server {
 }
 
 impl Server {
-    fn client(&self) -> reqwest::Client {
+    pub(crate) fn client(&self) -> reqwest::Client {
         let pem = std::fs::read(self.dir.path().join("tls-cert.pem")).unwrap();
         reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -90,7 +90,7 @@ impl Server {
             .build()
             .unwrap()
     }
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("https://localhost:{}{path}", self.port)
     }
     /// Peak resident memory of the server process, in KiB.
