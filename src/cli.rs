@@ -65,7 +65,12 @@ pub enum AuditCommand {
 #[derive(Subcommand, Debug)]
 pub enum KeysCommand {
     /// Create a new data key and re-encrypt every encrypted field under it.
-    Rotate,
+    Rotate {
+        /// Skip the 35 s wait that lets serving instances learn the new key first; only when no
+        /// other instance is serving.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 pub async fn run(cli: Cli) -> ExitCode {
@@ -159,8 +164,18 @@ async fn run_command(services: &Services, command: Command) -> ExitCode {
             }
         }
         Command::Keys {
-            command: KeysCommand::Rotate,
-        } => match crate::crypto::rotation::rotate(&services.db, &services.keyring).await {
+            command: KeysCommand::Rotate { no_wait },
+        } => match crate::crypto::rotation::rotate_with_announce_delay(
+            &services.db,
+            &services.keyring,
+            if no_wait {
+                std::time::Duration::ZERO
+            } else {
+                crate::crypto::KEYRING_REFRESH_INTERVAL + crate::crypto::KEYRING_ANNOUNCE_MARGIN
+            },
+        )
+        .await
+        {
             Ok(report) => {
                 services
                     .audit

@@ -315,15 +315,12 @@ fn limit_http(
         );
 }
 
-/// How often a running server re-reads the stored data keys (after `keys rotate`).
-const KEYRING_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// Background upkeep: re-read the keyring (after `keys rotate`), evict idle rate-limit keys,
 /// and delete expired sessions (expiry is also checked on every request).
 fn spawn_keyring_refresh(services: &Services) -> tokio::task::JoinHandle<()> {
     let services = services.clone();
     tokio::spawn(async move {
-        let mut interval = tokio::time::interval(KEYRING_REFRESH_INTERVAL);
+        let mut interval = tokio::time::interval(crate::crypto::KEYRING_REFRESH_INTERVAL);
         interval.tick().await;
         loop {
             interval.tick().await;

@@ -77,6 +77,13 @@ pub const STATE_ACTIVE: &str = "active";
 pub const STATE_RETIRING: &str = "retiring";
 pub const STATE_RETIRED: &str = "retired";
 
+/// How often a running server re-reads the stored data keys (after `keys rotate` in another
+/// process). `keys rotate` announces a new key and waits this long (plus
+/// [`KEYRING_ANNOUNCE_MARGIN`]) before sealing under it, so every serving instance can open it.
+pub const KEYRING_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+/// Slack added to [`KEYRING_REFRESH_INTERVAL`] for a refresh that runs late or slowly.
+pub const KEYRING_ANNOUNCE_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 struct Inner {
     active_key_id: u32,
     ciphers: HashMap<u32, XChaCha20Poly1305>,
@@ -116,12 +123,16 @@ impl Keyring {
         let master = Arc::new(master);
         let mut stored = key_store::list(db).await?;
         if stored.is_empty() {
-            for purpose in [PURPOSE_ENCRYPTION, PURPOSE_MAC, PURPOSE_BLIND_INDEX] {
-                let id = key_store::next_id(db).await?;
-                let key = Zeroizing::new(random_bytes::<32>());
-                let wrapped = master.wrap(id, purpose, &key);
-                key_store::insert_if_absent(db, id, purpose, STATE_ACTIVE, &wrapped).await?;
-            }
+            // Atomic: of several instances starting together, one creates the keys, all load them.
+            key_store::create_initial(
+                db,
+                &[PURPOSE_ENCRYPTION, PURPOSE_MAC, PURPOSE_BLIND_INDEX],
+                |id, purpose| {
+                    let key = Zeroizing::new(random_bytes::<32>());
+                    master.wrap(id, purpose, &key)
+                },
+            )
+            .await?;
             stored = key_store::list(db).await?;
         }
         let inner = Self::open_all(&master, &stored)?;

@@ -1,11 +1,27 @@
 //! `alphabank keys rotate`: a new data key becomes active and every sealed field is re-sealed
-//! under it. Resumable: if interrupted, the next run finds the `retiring` key and carries on
-//! without creating another. Old keys stay readable (state `retired`), so backups taken before the
-//! rotation still open and a server that has not yet refreshed its keyring keeps working.
+//! under it. Old keys stay readable (state `retired`), so backups taken before the rotation still
+//! open and a server that has not yet refreshed its keyring keeps working.
+//!
+//! Safe while other instances serve: a running instance learns about keys only at its periodic
+//! keyring refresh ([`KEYRING_REFRESH_INTERVAL`]), and `Keyring::open` cannot ask the database.
+//! So the rotation runs in three steps:
+//! 1. announce: the new key is stored in state `retired` (loaded by every refresh, never used to
+//!    seal), then the rotation waits one refresh interval plus [`KEYRING_ANNOUNCE_MARGIN`];
+//! 2. promote: in one transaction the old active key becomes `retiring` and the new one `active`;
+//! 3. re-seal every field, then `retiring` keys become `retired`.
+//!
+//! Resumable: a `retiring` key means step 3 was interrupted (carry on re-sealing); an announced
+//! key (`retired`, id above the active key's) means step 1 or 2 was interrupted (wait again, then
+//! promote it). Neither creates another key.
+
+use std::time::Duration;
 
 use zeroize::Zeroizing;
 
-use super::{Aad, CryptoError, Keyring, PURPOSE_ENCRYPTION, STATE_RETIRING, random_bytes};
+use super::{
+    Aad, CryptoError, KEYRING_ANNOUNCE_MARGIN, KEYRING_REFRESH_INTERVAL, Keyring,
+    PURPOSE_ENCRYPTION, STATE_ACTIVE, STATE_RETIRED, STATE_RETIRING, random_bytes,
+};
 use crate::limits::SCAN_BATCH_ROWS;
 use crate::store::sealed::{self, Reseal, SEALED_COLUMNS};
 use crate::store::{Db, keys as key_store};
@@ -21,16 +37,55 @@ pub struct RotationReport {
     pub resumed: bool,
 }
 
+/// Rotates with the full announce delay: safe while other instances serve.
 pub async fn rotate(db: &Db, keyring: &Keyring) -> Result<RotationReport, CryptoError> {
+    rotate_with_announce_delay(
+        db,
+        keyring,
+        KEYRING_REFRESH_INTERVAL + KEYRING_ANNOUNCE_MARGIN,
+    )
+    .await
+}
+
+/// Rotates, waiting `delay` between announcing the new key and sealing under it. A delay shorter
+/// than [`KEYRING_REFRESH_INTERVAL`] + [`KEYRING_ANNOUNCE_MARGIN`] is only safe when no other
+/// instance is serving (or in tests that refresh the other instances' keyrings themselves).
+pub async fn rotate_with_announce_delay(
+    db: &Db,
+    keyring: &Keyring,
+    delay: Duration,
+) -> Result<RotationReport, CryptoError> {
     let stored = key_store::list(db).await?;
-    let resumed = stored
-        .iter()
-        .any(|k| k.purpose == PURPOSE_ENCRYPTION && k.state == STATE_RETIRING);
-    if !resumed {
-        let id = key_store::next_id(db).await?;
-        let key = Zeroizing::new(random_bytes::<32>());
-        let wrapped = keyring.master().wrap(id, PURPOSE_ENCRYPTION, &key);
-        key_store::begin_rotation(db, id, &wrapped).await?;
+    let encryption = || stored.iter().filter(|k| k.purpose == PURPOSE_ENCRYPTION);
+    let unfinished_reseal = encryption().any(|k| k.state == STATE_RETIRING);
+    let mut resumed = unfinished_reseal;
+    if !unfinished_reseal {
+        let active_id = encryption()
+            .filter(|k| k.state == STATE_ACTIVE)
+            .map(|k| k.id)
+            .max()
+            .ok_or(CryptoError::MissingKey("active encryption"))?;
+        let announced = encryption()
+            .filter(|k| k.state == STATE_RETIRED && k.id > active_id)
+            .map(|k| k.id)
+            .max();
+        let new_id = match announced {
+            Some(id) => {
+                resumed = true;
+                id
+            }
+            None => {
+                let id = key_store::next_id(db).await?;
+                let key = Zeroizing::new(random_bytes::<32>());
+                let wrapped = keyring.master().wrap(id, PURPOSE_ENCRYPTION, &key);
+                key_store::announce_key(db, id, &wrapped).await?;
+                id
+            }
+        };
+        // Every serving instance re-reads the keyring within one refresh interval; after that it
+        // can open what is sealed under the new key.
+        tokio::time::sleep(delay).await;
+        key_store::begin_rotation(db, new_id).await?;
     }
     keyring.refresh(db).await?;
     let active = keyring.active_key_id();

@@ -154,7 +154,7 @@ async fn keys_rotate_reseals_every_field_and_the_data_still_reads() {
         .unwrap();
     let before = s.keyring.active_key_id();
 
-    let out = alphabank(&app.env, &["keys", "rotate"]);
+    let out = alphabank(&app.env, &["keys", "rotate", "--no-wait"]);
     assert!(out.status.success(), "{}", stderr(&out));
     s.keyring.refresh(&s.db).await.unwrap();
     let after = s.keyring.active_key_id();
@@ -197,7 +197,7 @@ async fn an_interrupted_rotation_resumes_without_creating_another_key() {
     let alice = customer(s, "alice").await;
     deposit(s, alice, "100").await;
     // Simulate a rotation that stopped right after the new key was stored.
-    let first = alphabank(&app.env, &["keys", "rotate"]);
+    let first = alphabank(&app.env, &["keys", "rotate", "--no-wait"]);
     assert!(first.status.success());
     exec(
         s,
@@ -209,7 +209,7 @@ async fn an_interrupted_rotation_resumes_without_creating_another_key() {
         .fetch_one(s.db.pool())
         .await
         .unwrap();
-    let resumed = alphabank(&app.env, &["keys", "rotate"]);
+    let resumed = alphabank(&app.env, &["keys", "rotate", "--no-wait"]);
     assert!(resumed.status.success(), "{}", stderr(&resumed));
     assert!(String::from_utf8_lossy(&resumed.stdout).contains("resumed"));
     let keys_after: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM data_keys")
@@ -270,30 +270,74 @@ async fn sigterm_drains_and_closes_the_database() {
 async fn seed_creates_enrolled_customers_who_can_log_in_and_refuses_a_second_run() {
     let app = spawn_app().await;
     let out = app.dir.path().join("seeded.json");
-    let run = alphabank(&app.env, &["seed", "--customers", "3", "--movements", "2000", "--out", out.to_str().unwrap()]);
+    let run = alphabank(
+        &app.env,
+        &[
+            "seed",
+            "--customers",
+            "3",
+            "--movements",
+            "2000",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
     assert!(run.status.success(), "{}", stderr(&run));
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
-    let seeded: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(
+        std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let seeded: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     assert_eq!(seeded.len(), 3);
     assert_eq!(seeded[0]["username"], "customer00001");
     // The first customer logs in through the web with the written credentials.
-    let secret = alphabank::auth::totp::TotpSecret::from_bytes(&data_encoding::BASE32_NOPAD.decode(seeded[0]["totp_secret"].as_str().unwrap().as_bytes()).unwrap());
+    let secret = alphabank::auth::totp::TotpSecret::from_bytes(
+        &data_encoding::BASE32_NOPAD
+            .decode(seeded[0]["totp_secret"].as_str().unwrap().as_bytes())
+            .unwrap(),
+    );
     let client = app.new_client();
-    let page = client.get(format!("{}/login", app.base)).send().await.unwrap().text().await.unwrap();
+    let page = client
+        .get(format!("{}/login", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let csrf = crate::helpers::input_value(&page, "csrf_token").unwrap();
     let code = format!("{:06}", secret.code_at_step(crate::helpers::now_step()));
     let r = client
         .post(format!("{}/login", app.base))
-        .form(&[("csrf_token", csrf.as_str()), ("email", seeded[0]["email"].as_str().unwrap()), ("password", seeded[0]["password"].as_str().unwrap()), ("otp", code.as_str())])
+        .form(&[
+            ("csrf_token", csrf.as_str()),
+            ("email", seeded[0]["email"].as_str().unwrap()),
+            ("password", seeded[0]["password"].as_str().unwrap()),
+            ("otp", code.as_str()),
+        ])
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 303);
-    let history = client.get(format!("{}/transactions", app.base)).send().await.unwrap().text().await.unwrap();
-    assert!(history.contains("2000 movements · page 1 of 100"), "{history}");
+    let history = client
+        .get(format!("{}/transactions", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        history.contains("2000 movements · page 1 of 100"),
+        "{history}"
+    );
     assert!(alphabank(&app.env, &["verify"]).status.success());
-    let again = alphabank(&app.env, &["seed", "--customers", "1", "--out", out.to_str().unwrap()]);
+    let again = alphabank(
+        &app.env,
+        &["seed", "--customers", "1", "--out", out.to_str().unwrap()],
+    );
     assert!(!again.status.success());
     assert!(stderr(&again).contains("already holds customers"));
 }

@@ -16,5 +16,6 @@ mod hardening;
 mod health;
 mod helpers;
 mod ledger;
+mod multi;
 mod process;
 mod tamper;
