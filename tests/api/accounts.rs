@@ -736,3 +736,50 @@ async fn a_browser_s_origin_null_is_believed_only_with_sec_fetch_site_same_origi
         .unwrap();
     assert_eq!(r.status(), 303);
 }
+
+#[tokio::test]
+async fn one_address_is_throttled_after_a_hundred_failed_logins_and_others_are_not() {
+    let app = crate::helpers::spawn_app_with(&[
+        ("ALPHABANK_TRUSTED_PROXIES", "127.0.0.1"),
+        ("ALPHABANK_RATE_LIMIT_PER_MIN", "100000"),
+    ])
+    .await;
+    let client = app.new_client();
+    let page = body(
+        client
+            .get(format!("{}/login", app.base))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let csrf = input_value(&page, "csrf_token").unwrap();
+    let attempt = |ip: &'static str| {
+        let (client, url, csrf) = (client.clone(), format!("{}/login", app.base), csrf.clone());
+        async move {
+            client
+                .post(url)
+                .header("x-forwarded-for", ip)
+                .form(&[
+                    ("csrf_token", csrf.as_str()),
+                    ("email", "nobody@example.no"),
+                    ("password", "some long wrong password"),
+                    ("otp", "123456"),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    for _ in 0..alphabank::auth::LOGIN_FAILURES_PER_IP_MAX {
+        assert_eq!(attempt("198.51.100.7").await, 401);
+    }
+    assert_eq!(
+        attempt("198.51.100.7").await,
+        429,
+        "this address is throttled"
+    );
+    assert_eq!(attempt("203.0.113.9").await, 401, "another address is not");
+}

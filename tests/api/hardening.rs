@@ -303,3 +303,71 @@ async fn the_built_in_captcha_guards_the_forms() {
             >= 2
     );
 }
+
+#[tokio::test]
+async fn a_panicking_handler_gives_the_generic_500_page_and_the_server_keeps_serving() {
+    use axum::routing::get;
+    let app = spawn_app().await;
+    // The real request middleware around a handler that panics.
+    let router = axum::Router::new()
+        .route("/boom", get(boom))
+        .layer(axum::middleware::from_fn_with_state(
+            app.services.clone(),
+            alphabank::web::context::request_context,
+        ))
+        .with_state(app.services.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+    });
+    let client = reqwest::Client::new();
+    for _ in 0..2 {
+        let r = client
+            .get(format!("http://{addr}/boom"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 500);
+        let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        let html = r.text().await.unwrap();
+        assert!(html.contains(&id) && html.contains("Something went wrong on our side"));
+        assert!(
+            !html.contains("internal detail"),
+            "the panic message is not shown"
+        );
+    }
+}
+
+#[tokio::test]
+async fn redirects_carry_the_security_headers_too() {
+    let app = spawn_app().await;
+    let r = app
+        .client
+        .get(format!("{}/settings", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    for h in [
+        "content-security-policy",
+        "strict-transport-security",
+        "x-frame-options",
+        "x-content-type-options",
+        "referrer-policy",
+        "cache-control",
+    ] {
+        assert!(r.headers().get(h).is_some(), "{h}");
+    }
+}
+
+async fn boom() -> &'static str {
+    if std::hint::black_box(true) {
+        panic!("internal detail that must not leak");
+    }
+    "unreachable"
+}
