@@ -371,3 +371,67 @@ async fn boom() -> &'static str {
     }
     "unreachable"
 }
+
+#[tokio::test]
+async fn beyond_the_in_flight_bound_a_request_gets_503_at_once() {
+    use axum::routing::get;
+    let app = spawn_app().await;
+    // The real middleware with a bound of one request in flight (production: REQUESTS_IN_FLIGHT_MAX).
+    let mut services = app.services.clone();
+    services.in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let entered = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (r2, e2) = (release.clone(), entered.clone());
+    let router = axum::Router::new()
+        .route(
+            "/slow",
+            get(move || {
+                let (release, entered) = (r2.clone(), e2.clone());
+                async move {
+                    entered.notify_one();
+                    release.notified().await;
+                    "done"
+                }
+            }),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            services.clone(),
+            alphabank::web::context::request_context,
+        ))
+        .with_state(services);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+    });
+    let client = reqwest::Client::new();
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .get(format!("http://{addr}/slow"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    });
+    entered.notified().await;
+    let second = client
+        .get(format!("http://{addr}/slow"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        second.status(),
+        503,
+        "refused at once while the first is in flight"
+    );
+    release.notify_one();
+    assert_eq!(first.await.unwrap(), 200);
+}
