@@ -210,6 +210,29 @@ async fn common_checks(
     }
 }
 
+/// The original design's rule: the form names the customer's own username (matched ignoring case).
+async fn require_own_username(
+    services: &Services,
+    user: &CurrentUser,
+    given: &Username,
+    field: &'static str,
+    message: &str,
+) -> Result<(), Refusal> {
+    let own = own_username(services, user.session.user_id)
+        .await
+        .unwrap_or_default();
+    if given.lookup_key() == own.to_ascii_lowercase() {
+        Ok(())
+    } else {
+        Err(refuse(
+            StatusCode::FORBIDDEN,
+            field,
+            message,
+            "not_own_username",
+        ))
+    }
+}
+
 fn ledger_refusal(error: &LedgerError) -> Option<Refusal> {
     let message = error.to_string();
     match error {
@@ -270,17 +293,14 @@ pub async fn transfer(
                 "invalid_fields",
             ));
         };
-        let own = own_username(&services, user.session.user_id)
-            .await
-            .unwrap_or_default();
-        if from.lookup_key() != own.to_ascii_lowercase() {
-            return Err(refuse(
-                StatusCode::FORBIDDEN,
-                "from_username",
-                "Enter your own username to confirm that the money leaves your account.",
-                "not_own_username",
-            ));
-        }
+        require_own_username(
+            &services,
+            &user,
+            &from,
+            "from_username",
+            "Enter your own username to confirm that the money leaves your account.",
+        )
+        .await?;
         let ctx = user.context.audit();
         match services
             .ledger
@@ -333,17 +353,14 @@ pub async fn atm(State(services): State<Services>, user: CurrentUser, form: Csrf
                 "invalid_fields",
             ));
         };
-        let own = own_username(&services, user.session.user_id)
-            .await
-            .unwrap_or_default();
-        if username.lookup_key() != own.to_ascii_lowercase() {
-            return Err(refuse(
-                StatusCode::FORBIDDEN,
-                "username",
-                "Enter your own username: deposits go to your own account.",
-                "not_own_username",
-            ));
-        }
+        require_own_username(
+            &services,
+            &user,
+            &username,
+            "username",
+            "Enter your own username: deposits go to your own account.",
+        )
+        .await?;
         let ctx = user.context.audit();
         match services
             .ledger
