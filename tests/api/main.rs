@@ -16,6 +16,7 @@ mod hardening;
 mod health;
 mod helpers;
 mod ledger;
+mod loadgen;
 mod multi;
 mod process;
 mod tamper;

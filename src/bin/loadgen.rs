@@ -1,0 +1,991 @@
+//! `loadgen`: a load generator that drives AlphaBank's real HTTP flows as many customers would,
+//! and measures latency with HDR histograms.
+//!
+//! Customers come from the JSON file `alphabank seed --out FILE` writes. Every simulated customer
+//! has its own `reqwest` client (its own cookie jar and keep-alive connections); it logs in through
+//! `GET/POST /login` with its password, a TOTP code and the built-in proof of work, exactly as a
+//! browser would. TOTP codes respect the no-replay rule: a customer uses a code of step s only if s
+//! is greater than every step it used before and within ±1 of the current step, so a customer has
+//! at most three code-checked actions per 30-second step; load is spread over many customers.
+//!
+//! Scenarios (`--scenario`):
+//! - `home`: `GET /` for one logged-in customer (`--home-user`) over `--concurrency` (16)
+//!   keep-alive connections for `--duration` seconds: requests/s, p50, p99.
+//! - `transfer`: every customer (or `--transfer-customers`) logs in, makes one ATM deposit, then the
+//!   customers send each other 1 kr (form GET + POST with a fresh code, captcha solved) with
+//!   `--concurrency` (64) in flight, round-robin, as long as codes allow within `--duration`.
+//!   Counts the 303s; transfers/s is over the time spent transferring (never over waits for the
+//!   next TOTP step).
+//! - `login-flood`: `--flood` (200) concurrent wrong-password logins for `--duration` seconds while
+//!   `home` runs (16 connections) for another customer: home p99 during the flood.
+//! - `smoke`: log in one customer, a few home requests, one deposit, one transfer; exits non-zero
+//!   when anything is wrong.
+//!
+//! The server must run with benchmark settings: `ALPHABANK_RATE_LIMIT_PER_MIN=1000000` and a low
+//! `ALPHABANK_POW_BITS` (8) so the client's proof of work does not dominate. Server-side captcha
+//! verification, its replay check, CSRF, sessions and code checks all still run.
+#![forbid(unsafe_code)]
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use alphabank::auth::totp::{TotpSecret, current_step};
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use serde::Deserialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    Home,
+    Transfer,
+    LoginFlood,
+    Smoke,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Home => "home",
+            Scenario::Transfer => "transfer",
+            Scenario::LoginFlood => "login-flood",
+            Scenario::Smoke => "smoke",
+        }
+    }
+}
+
+/// AlphaBank load generator (see docs/benchmarks.md).
+#[derive(Parser, Debug)]
+#[command(name = "loadgen")]
+struct Args {
+    /// `https://localhost:PORT` or `http://127.0.0.1:PORT`.
+    #[arg(long, default_value = "https://localhost:8443")]
+    base_url: String,
+    /// PEM certificate to trust (the server's generated `tls-cert.pem`).
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Accept any certificate (for a self-signed one you have not got the file of).
+    #[arg(long)]
+    insecure: bool,
+    /// JSON file written by `alphabank seed --out FILE`.
+    #[arg(long)]
+    customers: PathBuf,
+    /// Seconds of measurement.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Requests in flight (default: 16 for home and login-flood's home, 64 for transfer).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    #[arg(long, value_enum)]
+    scenario: Scenario,
+    /// Print one JSON result line instead of text.
+    #[arg(long)]
+    json: bool,
+    /// home, login-flood: the customer whose home page is requested.
+    #[arg(long, default_value = "customer00001")]
+    home_user: String,
+    /// transfer: how many customers of the file take part (0 = all).
+    #[arg(long, default_value_t = 0)]
+    transfer_customers: usize,
+    /// login-flood: concurrent wrong-password logins.
+    #[arg(long, default_value_t = 200)]
+    flood: usize,
+    /// Concurrent logins while setting up (Argon2 on the server bounds them anyway).
+    #[arg(long, default_value_t = 8)]
+    login_concurrency: usize,
+    /// A free-form label copied into the result (e.g. "sqlite https").
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+#[derive(Deserialize)]
+struct SeededCustomer {
+    username: String,
+    email: String,
+    password: String,
+    totp_secret: String,
+}
+
+/// One simulated customer: credentials, TOTP state and its own HTTP client (cookies, keep-alive).
+struct Customer {
+    username: String,
+    email: String,
+    password: String,
+    secret: TotpSecret,
+    client: reqwest::Client,
+    last_step: AtomicI64,
+}
+
+fn now_step() -> i64 {
+    current_step(alphabank::now_millis() / 1000)
+}
+
+impl Customer {
+    /// A code whose step is after every step this customer used and within ±1 of now, or `None`
+    /// when the no-replay rule leaves none until time moves on.
+    fn next_code(&self) -> Option<String> {
+        let now_secs = alphabank::now_millis() / 1000;
+        let now = current_step(now_secs);
+        // A code of step now − 1 stops being accepted when the step ends: near the end of a step
+        // the request might reach the server after that, so start from the current step then.
+        let oldest = if now_secs.rem_euclid(30) >= 25 {
+            now
+        } else {
+            now - 1
+        };
+        let mut chosen = None;
+        let _ = self
+            .last_step
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+                let step = last.saturating_add(1).max(oldest);
+                if step > now + 1 {
+                    chosen = None;
+                    None
+                } else {
+                    chosen = Some(step);
+                    Some(step)
+                }
+            });
+        chosen.map(|step| format!("{:06}", self.secret.code_at_step(step)))
+    }
+
+    /// Whether `next_code` would give a code now (without using it).
+    fn has_code(&self) -> bool {
+        let now_secs = alphabank::now_millis() / 1000;
+        let now = current_step(now_secs);
+        let oldest = if now_secs.rem_euclid(30) >= 25 {
+            now
+        } else {
+            now - 1
+        };
+        self.last_step
+            .load(Ordering::SeqCst)
+            .saturating_add(1)
+            .max(oldest)
+            <= now + 1
+    }
+
+    /// Seconds until `next_code` will give a code again (0 when it would now).
+    fn wait_for_code(&self) -> u64 {
+        let last = self.last_step.load(Ordering::SeqCst);
+        let now_secs = alphabank::now_millis() / 1000;
+        // A code of step last+1 is usable once now_step >= last.
+        let usable_at = last.saturating_mul(30);
+        u64::try_from(usable_at.saturating_sub(now_secs)).unwrap_or(0)
+    }
+}
+
+/// Everything the workers share.
+struct Ctx {
+    base: String,
+    tls: Tls,
+}
+
+#[derive(Clone)]
+struct Tls {
+    cert: Option<reqwest::Certificate>,
+    insecure: bool,
+    resolve: Option<(String, SocketAddr)>,
+}
+
+impl Ctx {
+    fn client(&self) -> Result<reqwest::Client> {
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .cookie_store(true)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .timeout(Duration::from_secs(60));
+        if let Some((host, addr)) = &self.tls.resolve {
+            builder = builder.resolve(host, *addr);
+        }
+        if let Some(cert) = &self.tls.cert {
+            builder = builder
+                .add_root_certificate(cert.clone())
+                .tls_built_in_root_certs(false);
+        }
+        if self.tls.insecure {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        builder.build().context("building the HTTP client")
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+/// The value of `<input name="NAME" … value="…">` (first match) in a page.
+fn input_value(html: &str, name: &str) -> Option<String> {
+    let marker = format!("name=\"{name}\"");
+    let at = html.find(&marker)?;
+    let tag_start = html.get(..at)?.rfind('<')?;
+    let tag_end = at + html.get(at..)?.find('>')?;
+    let tag = html.get(tag_start..tag_end)?;
+    let v = tag.find("value=\"")? + 7;
+    let end = tag.get(v..)?.find('"')?;
+    Some(
+        tag.get(v..v + end)?
+            .replace("&#38;", "&")
+            .replace("&amp;", "&"),
+    )
+}
+
+/// `data-bits` of the `pow_challenge` input.
+fn pow_bits(html: &str) -> Option<u32> {
+    let at = html.find("name=\"pow_challenge\"")?;
+    let tag_end = at + html.get(at..)?.find('>')?;
+    let tag_start = html.get(..at)?.rfind('<')?;
+    let tag = html.get(tag_start..tag_end)?;
+    let b = tag.find("data-bits=\"")? + 11;
+    let end = tag.get(b..)?.find('"')?;
+    tag.get(b..b + end)?.parse().ok()
+}
+
+/// Appends `pow_challenge` and a solved `pow_nonce` when the page carries a challenge.
+fn add_pow(html: &str, form: &mut Vec<(&'static str, String)>) -> Result<()> {
+    let Some(challenge) = input_value(html, "pow_challenge") else {
+        return Ok(());
+    };
+    let bits = pow_bits(html).ok_or_else(|| anyhow!("pow_challenge without data-bits"))?;
+    let mut nonce: u64 = 0;
+    loop {
+        let text = nonce.to_string();
+        if alphabank::captcha::pow::work_bits(&challenge, &text) >= bits {
+            form.push(("pow_challenge", challenge));
+            form.push(("pow_nonce", text));
+            return Ok(());
+        }
+        nonce += 1;
+        if nonce > 1 << 32 {
+            bail!("no proof-of-work nonce found for {bits} bits");
+        }
+    }
+}
+
+async fn get_text(client: &reqwest::Client, url: &str) -> Result<(u16, String)> {
+    let response = client.get(url).send().await?;
+    let status = response.status().as_u16();
+    Ok((status, response.text().await?))
+}
+
+/// Logs a customer in (retrying while the server's hashing pool is busy).
+async fn login(ctx: &Ctx, c: &Customer) -> Result<()> {
+    let mut code: Option<String> = None;
+    let mut replays = 0;
+    for attempt in 0..40u32 {
+        let (status, page) = get_text(&c.client, &ctx.url("/login")).await?;
+        if status != 200 {
+            bail!("GET /login for {}: {status}", c.username);
+        }
+        let csrf = input_value(&page, "csrf_token").ok_or_else(|| anyhow!("login: no csrf"))?;
+        let otp = match &code {
+            Some(code) => code.clone(),
+            None => {
+                let fresh = c
+                    .next_code()
+                    .ok_or_else(|| anyhow!("{}: no TOTP code left this step", c.username))?;
+                code = Some(fresh.clone());
+                fresh
+            }
+        };
+        let mut form = vec![
+            ("csrf_token", csrf),
+            ("email", c.email.clone()),
+            ("password", c.password.clone()),
+            ("otp", otp),
+        ];
+        add_pow(&page, &mut form)?;
+        let response = c.client.post(ctx.url("/login")).form(&form).send().await?;
+        let status = response.status().as_u16();
+        match status {
+            303 => return Ok(()),
+            // The hashing pool is full (503): the code was not checked, so it can be sent again.
+            503 => {
+                tokio::time::sleep(Duration::from_millis(20 + 10 * u64::from(attempt))).await;
+            }
+            // Probably a code of this step already spent by an earlier run against the same
+            // server (the no-replay rule): wait for the next step and try once or twice more
+            // (well below the 5 failures that lock an account).
+            401 if replays < 2 => {
+                replays += 1;
+                let now = now_step();
+                // First the newest step still accepted (now + 1), then the next step.
+                c.last_step
+                    .fetch_max(if replays == 1 { now } else { now + 1 }, Ordering::SeqCst);
+                code = None;
+                let wait = if replays == 1 {
+                    0
+                } else {
+                    c.wait_for_code() + 1
+                };
+                eprintln!(
+                    "loadgen: login of {} refused with 401 (a code used by an earlier run, or one that expired on the way); retrying in {wait} s",
+                    c.username
+                );
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+            }
+            _ => {
+                let body = response.text().await.unwrap_or_default();
+                bail!(
+                    "login of {} answered {status}: {}",
+                    c.username,
+                    snippet(&body)
+                );
+            }
+        }
+    }
+    bail!("login of {}: the server stayed busy", c.username)
+}
+
+/// A short hint of what a refused form said.
+fn snippet(body: &str) -> String {
+    for marker in ["role=\"alert\"", "class=\"error", "class=\"flash"] {
+        if let Some(at) = body.find(marker) {
+            let rest = body.get(at..).unwrap_or("");
+            let text: String = strip_tags(rest).chars().take(160).collect();
+            return text.trim().to_string();
+        }
+    }
+    strip_tags(body).chars().take(160).collect()
+}
+
+fn strip_tags(html: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for ch in html.chars() {
+        match ch {
+            '<' => inside = true,
+            '>' => {
+                inside = false;
+                out.push(' ');
+            }
+            _ if !inside => out.push(ch),
+            _ => {}
+        }
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Outcome of one money form: the POST's status, or `NoCode` when the customer has no code left.
+enum Money {
+    Status(u16, String),
+    NoCode,
+}
+
+/// GETs a money form (`/transfer` or `/atm`), fills it and POSTs it.
+async fn money_form(
+    ctx: &Ctx,
+    c: &Customer,
+    path: &str,
+    fields: &[(&'static str, String)],
+) -> Result<Money> {
+    let (status, page) = get_text(&c.client, &ctx.url(path)).await?;
+    if status != 200 {
+        bail!("GET {path} for {}: {status}", c.username);
+    }
+    let csrf = input_value(&page, "csrf_token").ok_or_else(|| anyhow!("{path}: no csrf"))?;
+    let key =
+        input_value(&page, "idempotency_key").ok_or_else(|| anyhow!("{path}: no idempotency"))?;
+    let Some(otp) = c.next_code() else {
+        return Ok(Money::NoCode);
+    };
+    let mut form = vec![("csrf_token", csrf), ("idempotency_key", key), ("otp", otp)];
+    form.extend(fields.iter().cloned());
+    add_pow(&page, &mut form)?;
+    let response = c.client.post(ctx.url(path)).form(&form).send().await?;
+    let status = response.status().as_u16();
+    let body = if status == 303 {
+        String::new()
+    } else {
+        snippet(&response.text().await.unwrap_or_default())
+    };
+    Ok(Money::Status(status, body))
+}
+
+async fn deposit(ctx: &Ctx, c: &Customer, kroner: &str) -> Result<Money> {
+    money_form(
+        ctx,
+        c,
+        "/atm",
+        &[
+            ("amount", kroner.to_string()),
+            ("username", c.username.clone()),
+            ("card_name", "Loadgen Card".to_string()),
+        ],
+    )
+    .await
+}
+
+async fn transfer(ctx: &Ctx, c: &Customer, to: &str) -> Result<Money> {
+    money_form(
+        ctx,
+        c,
+        "/transfer",
+        &[
+            ("amount", "1,00".to_string()),
+            ("from_username", c.username.clone()),
+            ("to_username", to.to_string()),
+            ("message", "loadgen".to_string()),
+        ],
+    )
+    .await
+}
+
+fn histogram() -> Result<Histogram<u64>> {
+    // Microseconds, 1 µs .. 60 s, 3 significant figures.
+    Histogram::new_with_bounds(1, 60_000_000, 3).context("histogram")
+}
+
+fn record(h: &mut Histogram<u64>, since: Instant) {
+    let micros = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+    h.saturating_record(micros.max(1));
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+/// Runs `GET /` for one logged-in client with `concurrency` workers until `stop`.
+async fn home_load(
+    ctx: Arc<Ctx>,
+    customer: Arc<Customer>,
+    concurrency: usize,
+    stop: Arc<AtomicBool>,
+) -> Result<(Histogram<u64>, u64, u64, Duration)> {
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let ctx = ctx.clone();
+        let customer = customer.clone();
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let mut h = histogram()?;
+            let (mut ok, mut bad) = (0u64, 0u64);
+            let url = ctx.url("/");
+            while !stop.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                let response = customer.client.get(&url).send().await;
+                let good = match response {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        let body = r.bytes().await;
+                        status == 200
+                            && body.is_ok_and(|b| b.windows(12).any(|w| w == b"id=\"balance\""))
+                    }
+                    Err(_) => false,
+                };
+                record(&mut h, t0);
+                if good {
+                    ok += 1;
+                } else {
+                    bad += 1;
+                }
+            }
+            Ok::<_, anyhow::Error>((h, ok, bad))
+        });
+    }
+    let mut total = histogram()?;
+    let (mut ok, mut bad) = (0, 0);
+    while let Some(joined) = tasks.join_next().await {
+        let (h, o, b) = joined??;
+        total.add(h).context("merging histograms")?;
+        ok += o;
+        bad += b;
+    }
+    Ok((total, ok, bad, started.elapsed()))
+}
+
+fn stop_after(secs: u64) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        flag.store(true, Ordering::Relaxed);
+    });
+    stop
+}
+
+fn load_customers(args: &Args, ctx: &Ctx) -> Result<Vec<Arc<Customer>>> {
+    let text = std::fs::read_to_string(&args.customers)
+        .with_context(|| format!("reading {}", args.customers.display()))?;
+    let seeded: Vec<SeededCustomer> = serde_json::from_str(&text).context("customers JSON")?;
+    seeded
+        .into_iter()
+        .map(|s| {
+            let bytes = data_encoding::BASE32_NOPAD
+                .decode(s.totp_secret.trim_end_matches('=').as_bytes())
+                .context("totp_secret is not base32")?;
+            Ok(Arc::new(Customer {
+                username: s.username,
+                email: s.email,
+                password: s.password,
+                secret: TotpSecret::from_bytes(&bytes),
+                client: ctx.client()?,
+                last_step: AtomicI64::new(i64::MIN / 2),
+            }))
+        })
+        .collect()
+}
+
+fn find<'a>(customers: &'a [Arc<Customer>], username: &str) -> Result<&'a Arc<Customer>> {
+    customers
+        .iter()
+        .find(|c| c.username.eq_ignore_ascii_case(username))
+        .ok_or_else(|| anyhow!("customer {username} is not in the customers file"))
+}
+
+/// Logs `customers` in, `parallel` at a time; returns how long it took.
+async fn login_all(ctx: &Arc<Ctx>, customers: &[Arc<Customer>], parallel: usize) -> Result<f64> {
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let list: Arc<Vec<Arc<Customer>>> = Arc::new(customers.to_vec());
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..parallel.max(1) {
+        let (ctx, next, list) = (ctx.clone(), next.clone(), list.clone());
+        tasks.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(c) = list.get(i) else {
+                    return Ok::<_, anyhow::Error>(());
+                };
+                login(&ctx, c).await?;
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined??;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+struct Report {
+    json: serde_json::Value,
+    text: String,
+    ok: bool,
+}
+
+const SETTINGS: &str = "server must run with ALPHABANK_RATE_LIMIT_PER_MIN=1000000 and ALPHABANK_POW_BITS=8 (benchmark settings, not production); captcha verification, CSRF, sessions and TOTP checks stay on";
+
+async fn scenario_home(args: &Args, ctx: Arc<Ctx>, customers: &[Arc<Customer>]) -> Result<Report> {
+    let customer = find(customers, &args.home_user)?.clone();
+    login(&ctx, &customer).await?;
+    let concurrency = args.concurrency.unwrap_or(16);
+    let (h, ok, bad, elapsed) =
+        home_load(ctx, customer, concurrency, stop_after(args.duration)).await?;
+    let rps = ok as f64 / elapsed.as_secs_f64();
+    Ok(Report {
+        json: serde_json::json!({
+            "home_user": args.home_user, "concurrency": concurrency,
+            "requests": ok, "errors": bad, "seconds": elapsed.as_secs_f64(),
+            "rps": rps, "p50_ms": ms(&h, 0.5), "p99_ms": ms(&h, 0.99), "max_ms": h.max() as f64 / 1000.0,
+        }),
+        text: format!(
+            "home ({}, {concurrency} connections): {ok} requests, {bad} errors in {:.1} s: {rps:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            args.home_user,
+            elapsed.as_secs_f64(),
+            ms(&h, 0.5),
+            ms(&h, 0.99),
+            h.max() as f64 / 1000.0
+        ),
+        ok: bad == 0 && ok > 0,
+    })
+}
+
+async fn scenario_transfer(
+    args: &Args,
+    ctx: Arc<Ctx>,
+    customers: &[Arc<Customer>],
+) -> Result<Report> {
+    let n = if args.transfer_customers == 0 {
+        customers.len()
+    } else {
+        args.transfer_customers.min(customers.len())
+    };
+    let list: Vec<Arc<Customer>> = customers.iter().take(n).cloned().collect();
+    if list.len() < 2 {
+        bail!("transfer needs at least 2 customers");
+    }
+    let login_secs = login_all(&ctx, &list, args.login_concurrency).await?;
+    // Money to send: one ATM deposit each (a code-checked action too).
+    let deposit_started = Instant::now();
+    let deposits = Arc::new(AtomicU64::new(0));
+    {
+        let next = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(list.clone());
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..args.concurrency.unwrap_or(64) {
+            let (ctx, next, shared, deposits) =
+                (ctx.clone(), next.clone(), shared.clone(), deposits.clone());
+            tasks.spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(c) = shared.get(i) else {
+                        return Ok::<_, anyhow::Error>(());
+                    };
+                    loop {
+                        match deposit(&ctx, c, "1000").await? {
+                            Money::Status(303, _) => {
+                                deposits.fetch_add(1, Ordering::Relaxed);
+                                break;
+                            }
+                            Money::Status(status, why) => {
+                                bail!("deposit by {} answered {status}: {why}", c.username)
+                            }
+                            Money::NoCode => {
+                                let wait = c.wait_for_code().max(1);
+                                tokio::time::sleep(Duration::from_secs(wait)).await;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            joined??;
+        }
+    }
+    let deposit_secs = deposit_started.elapsed().as_secs_f64();
+
+    // Transfers: round-robin over the customers; one whose codes are used up for now is skipped.
+    let concurrency = args.concurrency.unwrap_or(64);
+    let names: Arc<Vec<String>> = Arc::new(list.iter().map(|c| c.username.clone()).collect());
+    let shared = Arc::new(list);
+    let cursor = Arc::new(AtomicUsize::new(0));
+    // Customers skipped in a row (by all workers) because their codes are used up for now.
+    let skipped = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(args.duration);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (ctx, shared, names, cursor, skipped) = (
+            ctx.clone(),
+            shared.clone(),
+            names.clone(),
+            cursor.clone(),
+            skipped.clone(),
+        );
+        tasks.spawn(async move {
+            let mut h = histogram()?;
+            let (mut ok, mut refused) = (0u64, 0u64);
+            let mut refusals: Vec<String> = Vec::new();
+            let n = shared.len();
+            while Instant::now() < deadline {
+                let i = cursor.fetch_add(1, Ordering::SeqCst) % n;
+                let (Some(c), Some(to)) = (shared.get(i), names.get((i + 1) % n)) else {
+                    continue;
+                };
+                if !c.has_code() {
+                    if skipped.fetch_add(1, Ordering::SeqCst) + 1 >= n {
+                        // Every customer's codes are used up until the next 30-s step.
+                        break;
+                    }
+                    continue;
+                }
+                let t0 = Instant::now();
+                match transfer(&ctx, c, to).await? {
+                    Money::Status(303, _) => {
+                        record(&mut h, t0);
+                        ok += 1;
+                        skipped.store(0, Ordering::SeqCst);
+                    }
+                    Money::Status(status, why) => {
+                        refused += 1;
+                        if refusals.len() < 3 {
+                            refusals.push(format!("{}: {status} {why}", c.username));
+                        }
+                    }
+                    Money::NoCode => {
+                        skipped.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>((h, ok, refused, refusals, Instant::now()))
+        });
+    }
+    let mut total = histogram()?;
+    let (mut ok, mut refused) = (0u64, 0u64);
+    let mut refusals = Vec::new();
+    let mut last_end = started;
+    while let Some(joined) = tasks.join_next().await {
+        let (h, o, r, why, end) = joined??;
+        total.add(h).context("merging histograms")?;
+        ok += o;
+        refused += r;
+        refusals.extend(why);
+        last_end = last_end.max(end);
+    }
+    let secs = last_end.duration_since(started).as_secs_f64();
+    let tps = ok as f64 / secs.max(1e-9);
+    Ok(Report {
+        json: serde_json::json!({
+            "customers": n, "concurrency": concurrency, "login_seconds": login_secs,
+            "deposits_303": deposits.load(Ordering::Relaxed), "deposit_seconds": deposit_secs,
+            "transfers_303": ok, "refused": refused, "refusals": refusals, "seconds": secs,
+            "transfers_per_s": tps, "p50_ms": ms(&total, 0.5), "p99_ms": ms(&total, 0.99),
+            "max_ms": total.max() as f64 / 1000.0,
+        }),
+        text: format!(
+            "transfer ({n} customers, {concurrency} in flight): logins {login_secs:.1} s, {} deposits in {deposit_secs:.1} s; {ok} transfers (303), {refused} refused in {secs:.2} s: {tps:.0} transfers/s, p50 {:.2} ms, p99 {:.2} ms (form GET + POST){}",
+            deposits.load(Ordering::Relaxed),
+            ms(&total, 0.5),
+            ms(&total, 0.99),
+            if refusals.is_empty() {
+                String::new()
+            } else {
+                format!("; refusals e.g. {refusals:?}")
+            }
+        ),
+        ok: refused == 0 && ok > 0,
+    })
+}
+
+async fn scenario_login_flood(
+    args: &Args,
+    ctx: Arc<Ctx>,
+    customers: &[Arc<Customer>],
+) -> Result<Report> {
+    let customer = find(customers, &args.home_user)?.clone();
+    login(&ctx, &customer).await?;
+    let stop = stop_after(args.duration);
+    let attempts = Arc::new(AtomicU64::new(0));
+    let statuses = Arc::new(std::sync::Mutex::new(
+        std::collections::BTreeMap::<u16, u64>::new(),
+    ));
+    let mut flood = tokio::task::JoinSet::new();
+    for i in 0..args.flood {
+        let (ctx, stop, attempts, statuses) = (
+            ctx.clone(),
+            stop.clone(),
+            attempts.clone(),
+            statuses.clone(),
+        );
+        let client = ctx.client()?;
+        flood.spawn(async move {
+            let mut n: u64 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                // A different client address each time (believed only when the bench trusts
+                // 127.0.0.1 as a proxy), so the per-IP throttle does not short-cut the Argon2 work.
+                let xff = format!("10.{}.{}.{}", (i >> 8) & 255, i & 255, n % 250 + 1);
+                let page = client
+                    .get(ctx.url("/login"))
+                    .header("x-forwarded-for", &xff)
+                    .send()
+                    .await;
+                let Ok(page) = page else { continue };
+                let Ok(page) = page.text().await else {
+                    continue;
+                };
+                let Some(csrf) = input_value(&page, "csrf_token") else {
+                    continue;
+                };
+                let mut form = vec![
+                    ("csrf_token", csrf),
+                    ("email", format!("nobody{i}x{n}@example.com")),
+                    ("password", "wrong password, certainly".to_string()),
+                    ("otp", "123456".to_string()),
+                ];
+                if add_pow(&page, &mut form).is_err() {
+                    continue;
+                }
+                let status = match client
+                    .post(ctx.url("/login"))
+                    .header("x-forwarded-for", &xff)
+                    .form(&form)
+                    .send()
+                    .await
+                {
+                    Ok(r) => r.status().as_u16(),
+                    Err(_) => 0,
+                };
+                attempts.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut map) = statuses.lock() {
+                    *map.entry(status).or_insert(0) += 1;
+                }
+            }
+        });
+    }
+    let concurrency = args.concurrency.unwrap_or(16);
+    let (h, ok, bad, elapsed) = home_load(ctx, customer, concurrency, stop).await?;
+    while flood.join_next().await.is_some() {}
+    let statuses = statuses
+        .lock()
+        .map(|m| m.clone())
+        .map_err(|_| anyhow!("poisoned"))?;
+    let rps = ok as f64 / elapsed.as_secs_f64();
+    let logins = attempts.load(Ordering::Relaxed);
+    Ok(Report {
+        json: serde_json::json!({
+            "flood": args.flood, "login_attempts": logins, "login_statuses": statuses,
+            "home_requests": ok, "home_errors": bad, "seconds": elapsed.as_secs_f64(),
+            "home_rps": rps, "home_p50_ms": ms(&h, 0.5), "home_p99_ms": ms(&h, 0.99),
+        }),
+        text: format!(
+            "login-flood ({} wrong-password logins in flight, {logins} attempts, statuses {statuses:?}) while home ({}, {concurrency} connections): {ok} requests, {bad} errors in {:.1} s: {rps:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
+            args.flood,
+            args.home_user,
+            elapsed.as_secs_f64(),
+            ms(&h, 0.5),
+            ms(&h, 0.99)
+        ),
+        ok: bad == 0 && ok > 0,
+    })
+}
+
+async fn scenario_smoke(ctx: Arc<Ctx>, customers: &[Arc<Customer>]) -> Result<Report> {
+    let (Some(a), Some(b)) = (customers.first(), customers.get(1)) else {
+        bail!("smoke needs at least 2 customers in the file");
+    };
+    let started = Instant::now();
+    login(&ctx, a).await?;
+    let mut h = histogram()?;
+    let mut balance_before = None;
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let (status, page) = get_text(&a.client, &ctx.url("/")).await?;
+        record(&mut h, t0);
+        if status != 200 {
+            bail!("GET / answered {status}");
+        }
+        balance_before = Some(balance_minor(&page)?);
+    }
+    let before = balance_before.ok_or_else(|| anyhow!("no home page"))?;
+    match deposit(&ctx, a, "10").await? {
+        Money::Status(303, _) => {}
+        Money::Status(status, why) => bail!("deposit answered {status}: {why}"),
+        Money::NoCode => bail!("no TOTP code for the deposit"),
+    }
+    let t0 = Instant::now();
+    match transfer(&ctx, a, &b.username).await? {
+        Money::Status(303, _) => {}
+        Money::Status(status, why) => bail!("transfer answered {status}: {why}"),
+        Money::NoCode => bail!("no TOTP code for the transfer"),
+    }
+    let transfer_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let (_, page) = get_text(&a.client, &ctx.url("/")).await?;
+    let after = balance_minor(&page)?;
+    // +10 kr deposit, −1 kr transfer.
+    if after - before != 900 {
+        bail!("balance moved from {before} to {after} øre, expected +900");
+    }
+    Ok(Report {
+        json: serde_json::json!({
+            "home_requests": 3, "home_p99_ms": ms(&h, 0.99), "deposits_303": 1, "transfers_303": 1,
+            "transfer_ms": transfer_ms, "seconds": started.elapsed().as_secs_f64(),
+        }),
+        text: format!(
+            "smoke: logged in {}, 3 home requests (p99 {:.2} ms), 1 deposit, 1 transfer (303, {transfer_ms:.1} ms) to {}, balance {before} -> {after} øre: ok",
+            a.username,
+            ms(&h, 0.99),
+            b.username
+        ),
+        ok: true,
+    })
+}
+
+/// `data-minor` of the `id="balance"` element.
+fn balance_minor(page: &str) -> Result<i64> {
+    let at = page
+        .find("id=\"balance\"")
+        .ok_or_else(|| anyhow!("home page without a balance"))?;
+    let tag_start = page.get(..at).and_then(|p| p.rfind('<')).unwrap_or(at);
+    let tag_end = at + page.get(at..).and_then(|p| p.find('>')).unwrap_or(0);
+    let tag = page.get(tag_start..tag_end).unwrap_or("");
+    let v = tag
+        .find("data-minor=\"")
+        .ok_or_else(|| anyhow!("balance without data-minor"))?
+        + 12;
+    let end = tag
+        .get(v..)
+        .and_then(|t| t.find('"'))
+        .ok_or_else(|| anyhow!("bad data-minor"))?;
+    tag.get(v..v + end)
+        .unwrap_or("")
+        .parse()
+        .context("data-minor is not an integer")
+}
+
+fn tls_settings(args: &Args) -> Result<Tls> {
+    let url = reqwest::Url::parse(&args.base_url).context("--base-url")?;
+    let cert = match &args.cert {
+        Some(path) => {
+            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            Some(reqwest::Certificate::from_pem(&pem).context("--cert is not a PEM certificate")?)
+        }
+        None => None,
+    };
+    let resolve = match (url.host_str(), url.port_or_known_default()) {
+        (Some("localhost"), Some(port)) => Some((
+            "localhost".to_string(),
+            SocketAddr::from(([127, 0, 0, 1], port)),
+        )),
+        _ => None,
+    };
+    Ok(Tls {
+        cert,
+        insecure: args.insecure,
+        resolve,
+    })
+}
+
+async fn run(args: &Args) -> Result<Report> {
+    let ctx = Arc::new(Ctx {
+        base: args.base_url.trim_end_matches('/').to_string(),
+        tls: tls_settings(args)?,
+    });
+    let customers = load_customers(args, &ctx)?;
+    match args.scenario {
+        Scenario::Home => scenario_home(args, ctx, &customers).await,
+        Scenario::Transfer => scenario_transfer(args, ctx, &customers).await,
+        Scenario::LoginFlood => scenario_login_flood(args, ctx, &customers).await,
+        Scenario::Smoke => {
+            let smoke = scenario_smoke(ctx, &customers);
+            match tokio::time::timeout(Duration::from_secs(args.duration.max(2) + 8), smoke).await {
+                Ok(report) => report,
+                Err(_) => bail!("smoke did not finish in time"),
+            }
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let outcome = run(&args).await;
+    let (ok, mut json, text) = match outcome {
+        Ok(report) => (report.ok, report.json, report.text),
+        Err(error) => (
+            false,
+            serde_json::json!({ "error": format!("{error:#}") }),
+            format!("error: {error:#}"),
+        ),
+    };
+    if let Some(map) = json.as_object_mut() {
+        map.insert("scenario".into(), args.scenario.name().into());
+        map.insert("label".into(), args.label.clone().into());
+        map.insert("base_url".into(), args.base_url.clone().into());
+        map.insert("ok".into(), ok.into());
+        map.insert("settings".into(), SETTINGS.into());
+    }
+    if args.json {
+        println!("{json}");
+    } else {
+        println!("{text}");
+        println!("note: {SETTINGS}");
+    }
+    if ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
