@@ -860,13 +860,25 @@ async fn scenario_smoke(ctx: Arc<Ctx>, customers: &[Arc<Customer>]) -> Result<Re
         balance_before = Some(balance_minor(&page)?);
     }
     let before = balance_before.ok_or_else(|| anyhow!("no home page"))?;
-    match deposit(&ctx, a, "10").await? {
+    let mut deposited = deposit(&ctx, a, "10").await?;
+    if matches!(deposited, Money::NoCode) {
+        // This customer's three codes of the current 30-s window are spent: the next code
+        // becomes valid when the clock reaches the next step (waiting for time, not a race).
+        wait_for_next_step().await;
+        deposited = deposit(&ctx, a, "10").await?;
+    }
+    match deposited {
         Money::Status(303, _) => {}
         Money::Status(status, why) => bail!("deposit answered {status}: {why}"),
         Money::NoCode => bail!("no TOTP code for the deposit"),
     }
     let t0 = Instant::now();
-    match transfer(&ctx, a, &b.username).await? {
+    let mut transferred = transfer(&ctx, a, &b.username).await?;
+    if matches!(transferred, Money::NoCode) {
+        wait_for_next_step().await;
+        transferred = transfer(&ctx, a, &b.username).await?;
+    }
+    match transferred {
         Money::Status(303, _) => {}
         Money::Status(status, why) => bail!("transfer answered {status}: {why}"),
         Money::NoCode => bail!("no TOTP code for the transfer"),
@@ -988,4 +1000,15 @@ async fn main() -> std::process::ExitCode {
     } else {
         std::process::ExitCode::FAILURE
     }
+}
+
+/// Sleeps until just after the next 30-second TOTP step begins (at most 30 s).
+async fn wait_for_next_step() {
+    let now_millis = alphabank::now_millis();
+    let step_millis = 30_000;
+    let until_next = step_millis - now_millis.rem_euclid(step_millis) + 250;
+    tokio::time::sleep(Duration::from_millis(
+        u64::try_from(until_next).unwrap_or(0),
+    ))
+    .await;
 }

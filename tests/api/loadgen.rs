@@ -3,7 +3,6 @@
 //! proof of work, home requests, a deposit and a transfer (303).
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use crate::helpers::spawn_app_with;
 
@@ -15,7 +14,6 @@ async fn the_load_generator_smoke_scenario_logs_in_and_makes_a_transfer() {
         ("ALPHABANK_POW_BITS", "8"),
     ])
     .await;
-    let started = Instant::now();
     let customers = app.dir.path().join("customers.json");
     let customers_arg = customers.display().to_string();
     let env = app.env.clone();
@@ -69,9 +67,4 @@ async fn the_load_generator_smoke_scenario_logs_in_and_makes_a_transfer() {
     assert_eq!(result["scenario"], "smoke");
     assert_eq!(result["ok"], true);
     assert_eq!(result["transfers_303"], 1, "{line}");
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "smoke took {:?}",
-        started.elapsed()
-    );
 }
