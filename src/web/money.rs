@@ -210,6 +210,16 @@ async fn common_checks(
     }
 }
 
+/// Fields that did not parse (their messages were already shown by `common_checks`).
+fn invalid_fields() -> Refusal {
+    refuse(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "form",
+        "Check the fields.",
+        "invalid_fields",
+    )
+}
+
 /// The original design's rule: the form names the customer's own username (matched ignoring case).
 async fn require_own_username(
     services: &Services,
@@ -286,12 +296,7 @@ pub async fn transfer(
         };
         let (Some(amount), Some(from), Some(to), Some(message)) = (amount, from, to, message)
         else {
-            return Err(refuse(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "form",
-                "Check the fields.",
-                "invalid_fields",
-            ));
+            return Err(invalid_fields());
         };
         require_own_username(
             &services,
@@ -346,12 +351,7 @@ pub async fn atm(State(services): State<Services>, user: CurrentUser, form: Csrf
             return Ok(None);
         };
         let (Some(amount), Some(username), Some(card_name)) = (amount, username, card_name) else {
-            return Err(refuse(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "form",
-                "Check the fields.",
-                "invalid_fields",
-            ));
+            return Err(invalid_fields());
         };
         require_own_username(
             &services,
