@@ -1,4 +1,5 @@
-//! The command line: `serve` (default), `migrate`, `verify`, `audit tail`, `keys rotate`.
+//! The command line: `serve` (default), `migrate`, `verify`, `audit tail`, `keys rotate`,
+//! `keys rotate-master`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,7 +47,7 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
-    /// Manage data keys.
+    /// Manage data keys and the master key.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
@@ -70,6 +71,23 @@ pub enum KeysCommand {
         /// other instance is serving.
         #[arg(long)]
         no_wait: bool,
+    },
+    /// Rotate the master key in two phases, safe while instances serve: with the current key
+    /// configured, `--new-key-file PATH` wraps every data key under the new key too (generating
+    /// PATH, mode 0600, if it does not exist); restart every instance with the new key; then, with
+    /// the new key configured, `--finish` drops the old key's wrappings.
+    RotateMaster {
+        /// The new master key (base64, mode 0600); generated here if the file does not exist.
+        #[arg(
+            long,
+            value_name = "PATH",
+            required_unless_present = "finish",
+            conflicts_with = "finish"
+        )]
+        new_key_file: Option<PathBuf>,
+        /// Finish a pending rotation (run with the NEW master key configured).
+        #[arg(long)]
+        finish: bool,
     },
 }
 
@@ -164,6 +182,25 @@ async fn run_command(services: &Services, command: Command) -> ExitCode {
             }
         }
         Command::Keys {
+            command:
+                KeysCommand::RotateMaster {
+                    new_key_file,
+                    finish,
+                },
+        } => rotate_master(services, new_key_file, finish).await,
+        Command::Keys {
+            command: KeysCommand::Rotate { .. },
+        } if matches!(
+            crate::crypto::rotation::master_rotation_pending(&services.db).await,
+            Ok(true)
+        ) =>
+        {
+            fail(&format!(
+                "keys rotate refused: {}",
+                crate::crypto::rotation::MASTER_ROTATION_PENDING
+            ))
+        }
+        Command::Keys {
             command: KeysCommand::Rotate { no_wait },
         } => match crate::crypto::rotation::rotate_with_announce_delay(
             &services.db,
@@ -201,5 +238,81 @@ async fn run_command(services: &Services, command: Command) -> ExitCode {
             }
             Err(error) => fail(&format!("key rotation failed: {error}")),
         },
+    }
+}
+
+async fn rotate_master(
+    services: &Services,
+    new_key_file: Option<PathBuf>,
+    finish: bool,
+) -> ExitCode {
+    use crate::crypto::rotation::{self, MasterRotationError};
+    let refused = |error: MasterRotationError| match error {
+        MasterRotationError::Refused(why) => fail(&format!("keys rotate-master refused: {why}")),
+        MasterRotationError::Crypto(error) => fail(&format!("keys rotate-master failed: {error}")),
+    };
+    if finish {
+        return match rotation::finish_master_rotation(&services.db, &services.keyring).await {
+            Ok(done) => {
+                services
+                    .audit
+                    .record_best_effort(
+                        &AuditContext::system(),
+                        AuditEvent::MasterKeyRotation {
+                            phase: "finished",
+                            new_master_key_id: done.new_master_id.clone(),
+                            data_keys: done.data_keys,
+                        },
+                    )
+                    .await;
+                println!(
+                    "keys rotate-master: finished; {} data keys are now wrapped only under the new master key (id {}). The old master key no longer opens this database: restart any instance still running with it, and destroy it once no backup taken before now needs it.",
+                    done.data_keys, done.new_master_id
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => refused(error),
+        };
+    }
+    let Some(path) = new_key_file else {
+        return fail("keys rotate-master needs --new-key-file PATH or --finish");
+    };
+    match rotation::start_master_rotation(&services.db, &services.keyring, &path).await {
+        Ok(started) => {
+            if started.generated {
+                println!(
+                    "keys rotate-master: generated a new master key in {} (mode 0600); back it up now",
+                    path.display()
+                );
+            }
+            if started.already_pending {
+                println!(
+                    "keys rotate-master: the rotation to this new master key (id {}) was already started; nothing changed",
+                    started.new_master_id
+                );
+            } else {
+                services
+                    .audit
+                    .record_best_effort(
+                        &AuditContext::system(),
+                        AuditEvent::MasterKeyRotation {
+                            phase: "started",
+                            new_master_key_id: started.new_master_id.clone(),
+                            data_keys: started.data_keys,
+                        },
+                    )
+                    .await;
+                println!(
+                    "keys rotate-master: started; {} data keys are now wrapped under the current and the new master key (id {})",
+                    started.data_keys, started.new_master_id
+                );
+            }
+            println!(
+                "next: restart every instance, one at a time, with the new key (ALPHABANK_MASTER_KEY_FILE={} or its contents in ALPHABANK_MASTER_KEY), then run `alphabank keys rotate-master --finish` with the new key configured",
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => refused(error),
     }
 }

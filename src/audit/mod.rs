@@ -74,6 +74,13 @@ pub enum AuditEvent {
         new_key_id: u32,
         resealed: u64,
     },
+    /// `keys rotate-master` (`phase` "started") or `keys rotate-master --finish` ("finished");
+    /// `new_master_key_id` is the new key's non-secret id (see `crypto::master`).
+    MasterKeyRotation {
+        phase: &'static str,
+        new_master_key_id: String,
+        data_keys: u64,
+    },
 }
 
 /// Longest path stored in an event detail.

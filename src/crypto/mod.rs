@@ -119,9 +119,12 @@ pub fn random_row_id() -> i64 {
 
 impl Keyring {
     /// Opens the stored data keys with the master key, creating the first keys on a new database.
+    /// While a master-key rotation is pending, each key is opened from whichever of its wrappings
+    /// this master key opens (`data_keys.wrapped`, else its row in `data_key_wraps`).
     pub async fn load(db: &Db, master: MasterKey) -> Result<Self, CryptoError> {
         let master = Arc::new(master);
-        let mut stored = key_store::list(db).await?;
+        let master_id = master.id();
+        let mut stored = key_store::list_for_master(db, &master_id).await?;
         if stored.is_empty() {
             // Atomic: of several instances starting together, one creates the keys, all load them.
             key_store::create_initial(
@@ -133,7 +136,7 @@ impl Keyring {
                 },
             )
             .await?;
-            stored = key_store::list(db).await?;
+            stored = key_store::list_for_master(db, &master_id).await?;
         }
         let inner = Self::open_all(&master, &stored)?;
         Ok(Keyring {
@@ -148,7 +151,7 @@ impl Keyring {
         let mut mac_key = None;
         let mut blind_index_key = None;
         for key in stored {
-            let plain = master.unwrap(key.id, &key.purpose, &key.wrapped)?;
+            let plain = master.unwrap_stored(key)?;
             match key.purpose.as_str() {
                 PURPOSE_ENCRYPTION => {
                     let id = u32::try_from(key.id).map_err(|_| CryptoError::Malformed)?;
@@ -172,9 +175,12 @@ impl Keyring {
         })
     }
 
-    /// Re-reads the stored keys (after `keys rotate` in another process).
+    /// Re-reads the stored keys (after `keys rotate` in another process). On any error the keys
+    /// in memory stay as they were: e.g. after `keys rotate-master --finish` an instance still
+    /// running with the old master key keeps serving with the keys it holds (and the caller logs
+    /// the error) until it is restarted with the new key.
     pub async fn refresh(&self, db: &Db) -> Result<(), CryptoError> {
-        let stored = key_store::list(db).await?;
+        let stored = key_store::list_for_master(db, &self.master.id()).await?;
         let inner = Self::open_all(&self.master, &stored)?;
         *self.inner.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(inner);
         Ok(())

@@ -36,13 +36,26 @@ pub enum Engine {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[source] sqlx::Error),
     #[error("a row with the same {0} already exists")]
     Conflict(&'static str),
     #[error("the database is busy; try again")]
     Busy,
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    #[error("a database write was interrupted: {0}")]
+    Interrupted(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    /// A pool that stayed saturated for `DB_POOL_ACQUIRE_TIMEOUT` is [`StoreError::Busy`], like a
+    /// write gate that stayed held: the request is answered 503, not 500.
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::PoolTimedOut => StoreError::Busy,
+            other => StoreError::Database(other),
+        }
+    }
 }
 
 impl StoreError {
@@ -50,8 +63,14 @@ impl StoreError {
     pub(crate) fn from_insert(error: sqlx::Error, what: &'static str) -> Self {
         match error.as_database_error() {
             Some(db) if db.is_unique_violation() => StoreError::Conflict(what),
-            _ => StoreError::Database(error),
+            _ => StoreError::from(error),
         }
+    }
+
+    /// Whether an error's text (as the web layer receives it, through wrappers that show their
+    /// cause as it is) says the database was busy: [`StoreError::Busy`] — 503, not 500.
+    pub fn is_busy_text(text: &str) -> bool {
+        text.ends_with(&StoreError::Busy.to_string())
     }
 }
 
@@ -59,8 +78,39 @@ impl StoreError {
 #[derive(Clone)]
 pub struct Db {
     pool: AnyPool,
+    /// SQLite only: the one connection that writes.
+    write_pool: Option<AnyPool>,
     engine: Engine,
     write_gate: Option<Arc<Mutex<()>>>,
+    writer: Option<Arc<Writer>>,
+}
+
+/// SQLite's writer thread: a single-threaded runtime of its own on which the hot write
+/// transactions run (see [`Db::on_writer`]). It stops when the last clone of the `Db` is dropped.
+struct Writer {
+    handle: tokio::runtime::Handle,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Writer {
+    fn start() -> std::io::Result<Arc<Writer>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            })?;
+        Ok(Arc::new(Writer {
+            handle,
+            _stop: stop,
+        }))
+    }
 }
 
 impl std::fmt::Debug for Db {
@@ -91,12 +141,20 @@ const MIGRATIONS_SQLITE: &[(i64, &str)] = &[
         2,
         include_str!("../../migrations/sqlite/0002_customers.sql"),
     ),
+    (
+        3,
+        include_str!("../../migrations/sqlite/0003_master_rotation.sql"),
+    ),
 ];
 const MIGRATIONS_POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
     (
         2,
         include_str!("../../migrations/postgres/0002_customers.sql"),
+    ),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_master_rotation.sql"),
     ),
 ];
 
@@ -116,36 +174,27 @@ impl Db {
             Engine::Sqlite => DB_POOL_CONNECTIONS_SQLITE_MAX,
             Engine::Postgres => DB_POOL_CONNECTIONS_POSTGRES_MAX,
         };
-        let pool = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(DB_POOL_ACQUIRE_TIMEOUT)
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    match engine {
-                        Engine::Sqlite => {
-                            // Durability first: acknowledged writes survive a crash or power loss.
-                            conn.execute("PRAGMA journal_mode = WAL").await?;
-                            conn.execute("PRAGMA synchronous = FULL").await?;
-                            conn.execute("PRAGMA foreign_keys = ON").await?;
-                            conn.execute(sqlx::AssertSqlSafe(format!(
-                                "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MILLIS}"
-                            )))
-                            .await?;
-                        }
-                        Engine::Postgres => {
-                            conn.execute("SET synchronous_commit = on").await?;
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(options)
-            .await?;
+        let pool = open_pool(engine, options.clone(), max_connections).await?;
+        // SQLite: every write goes through one connection of its own, so its page cache stays
+        // valid from one write transaction to the next (a connection's cache is dropped whenever
+        // another connection has written); the read pool serves the readers in parallel.
+        let write_pool = match engine {
+            Engine::Sqlite => Some(open_pool(engine, options, 1).await?),
+            Engine::Postgres => None,
+        };
         let write_gate = (engine == Engine::Sqlite).then(|| Arc::new(Mutex::new(())));
+        let writer = match engine {
+            Engine::Sqlite => Some(Writer::start().map_err(|error| {
+                StoreError::Interrupted(format!("cannot start the writer thread: {error}"))
+            })?),
+            Engine::Postgres => None,
+        };
         Ok(Db {
             pool,
+            write_pool,
             engine,
             write_gate,
+            writer,
         })
     }
 
@@ -168,10 +217,36 @@ impl Db {
             None => None,
         };
         let tx = match self.engine {
-            Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Engine::Sqlite => {
+                let pool = self.write_pool.as_ref().unwrap_or(&self.pool);
+                pool.begin_with("BEGIN IMMEDIATE").await?
+            }
             Engine::Postgres => self.pool.begin().await?,
         };
         Ok(WriteTx { tx, _gate: gate })
+    }
+
+    /// Runs `job` — a write transaction from [`Db::begin_write`] to its commit — where its
+    /// statements wait least. On SQLite every writer queues for the one write gate, and a
+    /// transaction is a dozen statements, each handed to the connection's thread and back: on
+    /// the request runtime, the gate holder's task would wait behind every ready request task
+    /// between two statements, holding everybody else up. So SQLite jobs run on the writer
+    /// thread, where nothing else is ready to run. On PostgreSQL transactions run in parallel
+    /// under row locks, and the job runs in place. The job runs to its end even if the request
+    /// that started it goes away; a panicking job is an error, never a half-written transaction.
+    pub async fn on_writer<T, F>(&self, job: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = T> + Send + 'static,
+    {
+        match &self.writer {
+            Some(writer) => writer
+                .handle
+                .spawn(job)
+                .await
+                .map_err(|error| StoreError::Interrupted(error.to_string())),
+            None => Ok(job.await),
+        }
     }
 
     /// Applies pending migrations; returns how many ran. Safe to run from several processes.
@@ -220,6 +295,9 @@ impl Db {
     }
 
     pub async fn close(&self) {
+        if let Some(write_pool) = &self.write_pool {
+            write_pool.close().await;
+        }
         self.pool.close().await;
     }
 
@@ -230,6 +308,41 @@ impl Db {
             Engine::Sqlite => sqlite,
         }
     }
+}
+
+async fn open_pool(
+    engine: Engine,
+    options: AnyConnectOptions,
+    max_connections: u32,
+) -> Result<AnyPool, StoreError> {
+    Ok(AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(DB_POOL_ACQUIRE_TIMEOUT)
+        // An embedded SQLite connection cannot drop like a network one; pinging it before
+        // every use would cost a thread hand-off per query. PostgreSQL connections are tested.
+        .test_before_acquire(engine == Engine::Postgres)
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                match engine {
+                    Engine::Sqlite => {
+                        // Durability first: acknowledged writes survive a crash or power loss.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                        conn.execute(sqlx::AssertSqlSafe(format!(
+                            "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MILLIS}"
+                        )))
+                        .await?;
+                    }
+                    Engine::Postgres => {
+                        conn.execute("SET synchronous_commit = on").await?;
+                    }
+                }
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await?)
 }
 
 fn create_sqlite_parent_dir(url: &str) {

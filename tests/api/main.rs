@@ -17,6 +17,7 @@ mod health;
 mod helpers;
 mod ledger;
 mod loadgen;
+mod master_rotation;
 mod multi;
 mod process;
 mod tamper;
