@@ -42,6 +42,18 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         match self {
             AppError::Client { status, message } => render_error(status, &message, ""),
+            // A saturated pool or a held write gate (`DB_POOL_ACQUIRE_TIMEOUT`) is not a fault:
+            // 503, try again in a moment.
+            AppError::Internal { request_id, cause }
+                if crate::store::StoreError::is_busy_text(&cause) =>
+            {
+                tracing::warn!(request_id = %request_id, cause = %cause, "database busy");
+                render_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The bank is busy right now. Please try again in a moment.",
+                    &request_id,
+                )
+            }
             AppError::Internal { request_id, cause } => {
                 tracing::error!(request_id = %request_id, cause = %cause, "internal error");
                 render_error(

@@ -57,10 +57,7 @@ pub fn router(services: Services) -> Router {
         .method_not_allowed_fallback(pages::method_not_allowed)
         // Innermost first: the request timeout, then the context (request id, limits, session,
         // rate limit), then the security headers outermost so that every response carries them.
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            crate::limits::REQUEST_TIMEOUT,
-        ))
+        .layer(middleware::from_fn(request_timeout))
         .layer(middleware::from_fn_with_state(
             services.clone(),
             context::request_context,
@@ -69,6 +66,27 @@ pub fn router(services: Services) -> Router {
             headers::security_headers(tls, csp.clone(), req, next)
         }))
         .with_state(services)
+}
+
+/// `REQUEST_TIMEOUT` over the whole handler, reading the body included (a client stalling in
+/// its body): the request is dropped and answered with the generic 408 page and its request id.
+async fn request_timeout(request: Request, next: middleware::Next) -> Response {
+    let request_id = request
+        .extensions()
+        .get::<context::RequestContext>()
+        .map(|c| c.request_id.clone())
+        .unwrap_or_default();
+    match tokio::time::timeout(crate::limits::REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!("request timed out");
+            error::render_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "The request took too long and was stopped. Please try again.",
+                &request_id,
+            )
+        }
+    }
 }
 
 async fn healthz(State(services): State<Services>) -> Response {

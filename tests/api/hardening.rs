@@ -446,3 +446,272 @@ async fn beyond_the_in_flight_bound_a_request_gets_503_at_once() {
     release.notify_one();
     assert_eq!(first.await.unwrap(), 200);
 }
+
+/// Reads one HTTP/1.1 response (head and `Content-Length` body) from a raw socket, giving up at
+/// `deadline`; returns what arrived (possibly nothing, when the server closed or the time ran out).
+fn read_response_until(stream: &mut std::net::TcpStream, deadline: std::time::Instant) -> String {
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            break;
+        }
+        stream.set_read_timeout(Some(deadline - now)).unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+        }
+        let text = String::from_utf8_lossy(&received);
+        if let Some(head_end) = text.find("\r\n\r\n") {
+            let length = text[..head_end]
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if received.len() >= head_end + 4 + length {
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_in_its_body_gets_408_after_the_request_timeout_and_others_are_served()
+{
+    use alphabank::limits::REQUEST_TIMEOUT;
+    use std::time::{Duration, Instant};
+    let app = spawn_app_with(&[("ALPHABANK_PLAIN_HTTP", "true")]).await;
+    let addr = app.addr;
+    let (sent_tx, sent_rx) = tokio::sync::oneshot::channel::<()>();
+    // A complete request head promising 200 body bytes, then 12 of them, then nothing.
+    let slow = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .write_all(
+                b"POST /login HTTP/1.1\r\nHost: localhost\r\n\
+                  Content-Type: application/x-www-form-urlencoded\r\n\
+                  Content-Length: 200\r\n\r\ncsrf_token=a",
+            )
+            .unwrap();
+        let started = Instant::now();
+        let _ = sent_tx.send(());
+        let response = read_response_until(
+            &mut stream,
+            started + REQUEST_TIMEOUT + Duration::from_secs(15),
+        );
+        (response, started.elapsed())
+    });
+    sent_rx.await.unwrap();
+    // Meanwhile the server keeps serving everyone else, at once.
+    let asked = Instant::now();
+    let health = app
+        .client
+        .get(format!("{}/healthz", app.base))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .expect("healthz answers during the stall");
+    assert_eq!(health.status(), 200);
+    assert!(asked.elapsed() < Duration::from_secs(5));
+    assert!(!slow.is_finished(), "the slow request is still stalled");
+    let (response, elapsed) = slow.await.unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 408"),
+        "408 after {elapsed:?}, got {:?}",
+        &response[..response.len().min(200)]
+    );
+    assert!(
+        elapsed >= REQUEST_TIMEOUT - Duration::from_secs(1),
+        "not before the request timeout: {elapsed:?}"
+    );
+    assert!(
+        elapsed < REQUEST_TIMEOUT + Duration::from_secs(15),
+        "about at the request timeout: {elapsed:?}"
+    );
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    for h in [
+        "content-security-policy",
+        "x-frame-options",
+        "x-content-type-options",
+        "referrer-policy",
+        "cache-control",
+    ] {
+        assert!(head.contains(&format!("\r\n{h}:")), "{h} on the 408");
+    }
+    let id = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id:"))
+        .expect("a request id")
+        .trim()
+        .to_string();
+    assert!(!id.is_empty());
+    assert!(
+        body.contains("AlphaBank")
+            && body.contains("WE VALUE YOUR SECURITY")
+            && body.contains("408")
+            && body.contains(&id),
+        "the generic error page with the request id: {body}"
+    );
+    // And the server still serves afterwards.
+    let after = app
+        .client
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 200);
+}
+
+/// The login form's CSRF token for `client` (its visitor cookie is set by the same GET).
+async fn login_csrf(app: &crate::helpers::TestApp, client: &reqwest::Client) -> String {
+    let page = client
+        .get(format!("{}/login", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    input_value(&page, "csrf_token").expect("csrf")
+}
+
+/// A login attempt with a wrong password (it needs the database, and records a failure).
+async fn wrong_login(
+    app: &crate::helpers::TestApp,
+    client: &reqwest::Client,
+    csrf: &str,
+) -> (u16, String, String, std::time::Duration) {
+    let started = std::time::Instant::now();
+    let r = client
+        .post(format!("{}/login", app.base))
+        .timeout(alphabank::limits::REQUEST_TIMEOUT + std::time::Duration::from_secs(10))
+        .form(&[
+            ("csrf_token", csrf),
+            ("email", "nobody@example.no"),
+            ("password", "not the right password"),
+            ("otp", "123456"),
+        ])
+        .send()
+        .await
+        .expect("answered, not dropped");
+    let status = r.status().as_u16();
+    let id = r
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    assert!(
+        r.headers().get("content-security-policy").is_some(),
+        "security headers on {status}"
+    );
+    let html = r.text().await.unwrap();
+    (status, id, html, started.elapsed())
+}
+
+async fn login_throttle_rows(app: &crate::helpers::TestApp) -> i64 {
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM login_throttle")
+        .fetch_one(app.services.db.pool())
+        .await
+        .unwrap();
+    n
+}
+
+fn assert_busy_page(status: u16, id: &str, html: &str) {
+    assert_eq!(status, 503, "{html}");
+    assert!(
+        html.contains("AlphaBank")
+            && html.contains("WE VALUE YOUR SECURITY")
+            && html.contains("busy")
+            && !id.is_empty()
+            && html.contains(id),
+        "the generic 503 page with the request id: {html}"
+    );
+    assert!(!html.contains("Something went wrong on our side"));
+}
+
+#[tokio::test]
+async fn with_every_pool_connection_held_a_request_gets_503_within_the_acquire_timeout() {
+    use alphabank::limits::{
+        DB_POOL_ACQUIRE_TIMEOUT, DB_POOL_CONNECTIONS_POSTGRES_MAX, DB_POOL_CONNECTIONS_SQLITE_MAX,
+    };
+    use alphabank::store::Engine;
+    use std::time::Duration;
+    let app = spawn_app().await;
+    let client = app.new_client();
+    let csrf = login_csrf(&app, &client).await;
+    let pool = app.services.db.pool();
+    let max = match app.services.db.engine() {
+        Engine::Sqlite => DB_POOL_CONNECTIONS_SQLITE_MAX,
+        Engine::Postgres => DB_POOL_CONNECTIONS_POSTGRES_MAX,
+    };
+    assert_eq!(pool.options().get_max_connections(), max);
+    // Every connection of the pool taken (another request, or a stuck query, could hold them).
+    let mut held = Vec::new();
+    for _ in 0..max {
+        held.push(pool.acquire().await.expect("a pooled connection"));
+    }
+    assert_eq!((pool.size(), pool.num_idle()), (max, 0));
+    let (status, id, html, elapsed) = wrong_login(&app, &client, &csrf).await;
+    assert_busy_page(status, &id, &html);
+    assert!(
+        elapsed >= DB_POOL_ACQUIRE_TIMEOUT - Duration::from_secs(1),
+        "waited for a connection first: {elapsed:?}"
+    );
+    assert!(
+        elapsed < DB_POOL_ACQUIRE_TIMEOUT + Duration::from_secs(10),
+        "failed fast, no hang: {elapsed:?}"
+    );
+    drop(held);
+    assert_eq!(login_throttle_rows(&app).await, 0, "nothing was recorded");
+    // With the connections back, the same request works again.
+    let (status, _, html, _) = wrong_login(&app, &client, &csrf).await;
+    assert_eq!(status, 401, "{html}");
+    assert_eq!(login_throttle_rows(&app).await, 1);
+}
+
+#[tokio::test]
+async fn an_open_write_transaction_holds_sqlite_writers_only_up_to_the_acquire_timeout() {
+    use alphabank::limits::DB_POOL_ACQUIRE_TIMEOUT;
+    use alphabank::store::Engine;
+    use std::time::Duration;
+    let app = spawn_app().await;
+    let client = app.new_client();
+    let csrf = login_csrf(&app, &client).await;
+    // A write transaction left open (a stuck writer): it holds SQLite's one write gate.
+    let open = app.services.db.begin_write().await.unwrap();
+    let (status, id, html, elapsed) = wrong_login(&app, &client, &csrf).await;
+    match app.services.db.engine() {
+        Engine::Sqlite => {
+            assert_busy_page(status, &id, &html);
+            assert!(
+                elapsed >= DB_POOL_ACQUIRE_TIMEOUT - Duration::from_secs(1),
+                "waited for the gate first: {elapsed:?}"
+            );
+            assert!(
+                elapsed < DB_POOL_ACQUIRE_TIMEOUT + Duration::from_secs(10),
+                "failed fast, no hang: {elapsed:?}"
+            );
+            drop(open);
+            assert_eq!(login_throttle_rows(&app).await, 0, "nothing was changed");
+            let (status, _, html, _) = wrong_login(&app, &client, &csrf).await;
+            assert_eq!(status, 401, "works again once the gate is free: {html}");
+        }
+        Engine::Postgres => {
+            // No gate on PostgreSQL: rows are locked, so an unrelated open transaction does not
+            // hold other writers up.
+            assert_eq!(status, 401, "{html}");
+            assert!(
+                elapsed < DB_POOL_ACQUIRE_TIMEOUT,
+                "not held up: {elapsed:?}"
+            );
+            drop(open);
+        }
+    }
+    assert_eq!(login_throttle_rows(&app).await, 1);
+}
