@@ -107,23 +107,34 @@ pub async fn totp_secret(services: &Services, user_id: i64) -> Result<TotpSecret
 
 /// Checks a six-digit code and spends its step (no replay). A correct code is spent once checked.
 pub async fn check_totp(services: &Services, user_id: i64, code: &str) -> Result<bool, AuthError> {
+    match totp_candidate_step(services, user_id, code).await? {
+        Some(step) => Ok(user_store::spend_totp_step(&services.db, user_id, step).await?),
+        None => Ok(false),
+    }
+}
+
+/// The step a code matches if it is newer than the customer's last accepted step (reads only).
+/// The code counts only once that step is spent with `store::users::spend_totp_step_in` (or
+/// [`check_totp`]), which also settles a race between two requests with the same code.
+pub async fn totp_candidate_step(
+    services: &Services,
+    user_id: i64,
+    code: &str,
+) -> Result<Option<i64>, AuthError> {
     let Some(code) = totp::parse_code(code) else {
-        return Ok(false);
+        return Ok(None);
     };
     let user = user_store::auth_by_id(&services.db, user_id)
         .await?
         .ok_or(AuthError::LoginFailed)?;
     let Some(sealed) = user.totp_secret_enc else {
-        return Ok(false);
+        return Ok(None);
     };
     let secret = TotpSecret::from_bytes(&services.keyring.open(&totp_aad(user_id), &sealed)?);
     let now_secs = crate::now_millis() / 1_000;
-    match secret.matching_step(&code, now_secs) {
-        Some(step) if step > user.totp_last_step => {
-            Ok(user_store::spend_totp_step(&services.db, user_id, step).await?)
-        }
-        _ => Ok(false),
-    }
+    Ok(secret
+        .matching_step(&code, now_secs)
+        .filter(|step| *step > user.totp_last_step))
 }
 
 /// Confirms enrollment with a first code: the account becomes usable, ten recovery codes are

@@ -34,6 +34,9 @@ pub struct PasswordHasher {
     params: Params,
     queue: std::sync::mpsc::SyncSender<Job>,
     dummy_hash: Arc<String>,
+    /// Jobs queued or running, and how many fit (threads + queue depth).
+    pending: Arc<std::sync::atomic::AtomicUsize>,
+    capacity: usize,
 }
 
 impl std::fmt::Debug for PasswordHasher {
@@ -100,7 +103,17 @@ impl PasswordHasher {
             params,
             queue: start_workers(cores)?,
             dummy_hash: Arc::new(dummy),
+            pending: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            capacity: cores + ARGON2_QUEUE_DEPTH_MAX,
         })
+    }
+
+    /// Whether every hashing thread is busy and the queue is full: a request that would hash
+    /// can be refused (503) before it does any other work — a flood of logins then costs the
+    /// database nothing. Advisory: a hash request still gets [`HashError::Busy`] if the queue
+    /// filled up in between.
+    pub fn is_saturated(&self) -> bool {
+        self.pending.load(std::sync::atomic::Ordering::Relaxed) >= self.capacity
     }
 
     /// Runs `work` on a hashing thread, or refuses at once when the queue is full.
@@ -108,16 +121,26 @@ impl PasswordHasher {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, HashError> {
+        use std::sync::atomic::Ordering;
         let (reply, answer) = tokio::sync::oneshot::channel();
+        let pending = self.pending.clone();
+        pending.fetch_add(1, Ordering::Relaxed);
+        let done = pending.clone();
         let job: Job = Box::new(move || {
             let _ = reply.send(work());
+            done.fetch_sub(1, Ordering::Relaxed);
         });
-        self.queue.try_send(job).map_err(|e| match e {
-            std::sync::mpsc::TrySendError::Full(_) => HashError::Busy,
-            std::sync::mpsc::TrySendError::Disconnected(_) => {
-                HashError::Internal("hashing threads stopped".into())
-            }
-        })?;
+        self.queue
+            .try_send(job)
+            .inspect_err(|_| {
+                pending.fetch_sub(1, Ordering::Relaxed);
+            })
+            .map_err(|e| match e {
+                std::sync::mpsc::TrySendError::Full(_) => HashError::Busy,
+                std::sync::mpsc::TrySendError::Disconnected(_) => {
+                    HashError::Internal("hashing threads stopped".into())
+                }
+            })?;
         answer
             .await
             .map_err(|_| HashError::Internal("hashing thread failed".into()))

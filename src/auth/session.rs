@@ -40,6 +40,8 @@ pub struct Session {
     pub created_at: i64,
     pub last_seen_at: i64,
     pub flash: Option<String>,
+    /// The customer's username (read with the session; usernames never change).
+    pub username: String,
 }
 
 impl From<SessionRow> for Session {
@@ -56,6 +58,7 @@ impl From<SessionRow> for Session {
             created_at: row.created_at,
             last_seen_at: row.last_seen_at,
             flash: row.flash,
+            username: String::new(),
         }
     }
 }
@@ -145,7 +148,7 @@ pub async fn lookup(
         return Ok(Lookup::None);
     }
     let id_hash = hash_cookie(cookie_value);
-    let Some(row) = session_store::find(&services.db, &id_hash).await? else {
+    let Some((row, username)) = session_store::find(&services.db, &id_hash).await? else {
         return Ok(Lookup::None);
     };
     let now = crate::now_millis();
@@ -180,7 +183,10 @@ pub async fn lookup(
     if now - row.last_seen_at >= (idle_millis / 10).min(SESSION_TOUCH_INTERVAL_MILLIS_MAX) {
         session_store::touch(&services.db, &id_hash, now).await?;
     }
-    Ok(Lookup::Live(Session::from(row)))
+    Ok(Lookup::Live(Session {
+        username,
+        ..Session::from(row)
+    }))
 }
 
 /// `Set-Cookie` for a new session: `__Host-` prefix, Secure, HttpOnly, SameSite=Strict, Path=/.

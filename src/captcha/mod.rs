@@ -22,7 +22,7 @@ pub use provider::{PROVIDER_VERIFY_TIMEOUT, ProviderKind};
 use crate::config::{CaptchaMode, Config, ConfigError};
 use crate::crypto::Keyring;
 use crate::store::captcha::{self as captcha_store, SpendOutcome};
-use crate::store::{Db, StoreError};
+use crate::store::{Db, StoreError, WriteTx};
 
 /// Most spent challenges kept in the replay store (a 32-byte hash and a time per row: roughly
 /// 100–150 MB with the indexes). When this many unexpired rows exist, new solutions are refused
@@ -83,6 +83,14 @@ impl CspSources {
             && self.style.is_empty()
             && self.connect.is_empty()
     }
+}
+
+/// A proof-of-work solution that passed every check but the replay mark (see
+/// [`Captcha::check`]).
+#[derive(Debug)]
+pub struct PendingSpend {
+    key: [u8; 32],
+    keep_until_millis: i64,
 }
 
 /// Why a captcha was refused. The `Display` text of every variant but [`CaptchaError::Store`] is
@@ -375,18 +383,40 @@ impl Captcha {
         }
     }
 
-    /// Checks a posted captcha. `client_ip` is passed on to a third-party provider.
+    /// Checks a posted captcha and records it as spent (its own transaction).
+    /// `client_ip` is passed on to a third-party provider.
     pub async fn verify(
         &self,
         submission: &CaptchaSubmission,
         client_ip: Option<IpAddr>,
     ) -> Result<(), CaptchaError> {
-        let result = match self.inner.mode {
-            CaptchaMode::Off => Ok(()),
-            CaptchaMode::Pow => self.verify_pow(submission).await,
-            CaptchaMode::Recaptcha | CaptchaMode::Hcaptcha | CaptchaMode::Turnstile => {
-                self.verify_provider(submission, client_ip).await
+        match self.check(submission, client_ip).await? {
+            Some(pending) => {
+                let mut tx = self.inner.db.begin_write().await?;
+                self.spend_in(&mut tx, pending).await?;
+                tx.commit().await?;
+                Ok(())
             }
+            None => Ok(()),
+        }
+    }
+
+    /// Everything [`Captcha::verify`] checks except the replay mark, which needs no database
+    /// write yet: `Some(pending)` must then be passed to [`Captcha::spend_in`] inside the form's
+    /// write transaction before the form counts as verified. A third-party provider's verify call
+    /// happens here, never while a write transaction is open.
+    pub async fn check(
+        &self,
+        submission: &CaptchaSubmission,
+        client_ip: Option<IpAddr>,
+    ) -> Result<Option<PendingSpend>, CaptchaError> {
+        let result = match self.inner.mode {
+            CaptchaMode::Off => Ok(None),
+            CaptchaMode::Pow => self.check_pow(submission).await.map(Some),
+            CaptchaMode::Recaptcha | CaptchaMode::Hcaptcha | CaptchaMode::Turnstile => self
+                .verify_provider(submission, client_ip)
+                .await
+                .map(|()| None),
         };
         if let Err(error) = &result {
             tracing::debug!(kind = error.kind(), "captcha refused");
@@ -394,7 +424,10 @@ impl Captcha {
         result
     }
 
-    async fn verify_pow(&self, submission: &CaptchaSubmission) -> Result<(), CaptchaError> {
+    async fn check_pow(
+        &self,
+        submission: &CaptchaSubmission,
+    ) -> Result<PendingSpend, CaptchaError> {
         let present = |field: &Option<String>| field.clone().filter(|value| !value.is_empty());
         let challenge = present(&submission.pow_challenge).ok_or(CaptchaError::Missing)?;
         let nonce = present(&submission.pow_nonce).ok_or(CaptchaError::Missing)?;
@@ -414,11 +447,6 @@ impl Captcha {
         if pow::work_bits(&challenge, &nonce) < u32::from(parsed.bits) {
             return Err(CaptchaError::InsufficientWork);
         }
-        self.spend(&challenge, parsed.expires_at_secs).await
-    }
-
-    /// Records a solved challenge as spent; a second spend of the same challenge is `Reused`.
-    async fn spend(&self, challenge: &str, expires_at_secs: i64) -> Result<(), CaptchaError> {
         let now_millis = crate::now_millis();
         self.prune_if_due(now_millis).await?;
         let replay = &self.inner.replay;
@@ -429,13 +457,27 @@ impl Captcha {
             );
             return Err(CaptchaError::Overloaded);
         }
-        let key = pow::spent_key(challenge);
-        let keep_until_millis = expires_at_secs
-            .saturating_mul(1000)
-            .saturating_add(CAPTCHA_REPLAY_CLOCK_SKEW_MILLIS);
-        match captcha_store::spend(&self.inner.db, &key, keep_until_millis).await? {
+        Ok(PendingSpend {
+            key: pow::spent_key(&challenge),
+            keep_until_millis: parsed
+                .expires_at_secs
+                .saturating_mul(1000)
+                .saturating_add(CAPTCHA_REPLAY_CLOCK_SKEW_MILLIS),
+        })
+    }
+
+    /// Records a solved challenge as spent inside the caller's write transaction; a second
+    /// spend of the same challenge (here or on another instance) is `Reused`.
+    pub async fn spend_in(
+        &self,
+        tx: &mut WriteTx,
+        pending: PendingSpend,
+    ) -> Result<(), CaptchaError> {
+        match captcha_store::spend_in(tx, &pending.key, pending.keep_until_millis).await? {
             SpendOutcome::Spent => {
-                replay.rows.fetch_add(1, Ordering::Relaxed);
+                // Counted before the commit: at worst a rolled-back spend is counted until the
+                // next prune recounts the rows.
+                self.inner.replay.rows.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
             SpendOutcome::AlreadySpent => Err(CaptchaError::Reused),

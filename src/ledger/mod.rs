@@ -233,7 +233,7 @@ impl Ledger {
         Ok(ledger_store::idempotent_entry_db(&self.db, user_id, key.as_str()).await?)
     }
 
-    /// ATM deposit: the bank's cash account pays the customer's account.
+    /// ATM deposit: the bank's cash account pays the customer's account (its own transaction).
     pub async fn deposit(
         &self,
         ctx: &AuditContext,
@@ -243,16 +243,28 @@ impl Ledger {
         key: &IdempotencyKey,
     ) -> Result<Outcome, LedgerError> {
         let mut tx = self.db.begin_write().await?;
-        if let Some(entry_id) =
-            ledger_store::idempotent_entry(tx.conn(), user_id, key.as_str()).await?
-        {
-            return Ok(Outcome::Replayed { entry_id });
-        }
-        let account_id = ledger_store::account_id_of_user(tx.conn(), user_id)
-            .await?
-            .ok_or(LedgerError::NoAccount)?;
-        let (cash, customer) = self.lock_pair(&mut tx, CASH_ACCOUNT_ID, account_id).await?;
-        // Re-checked under the locks: a concurrent submission with the same key may have won.
+        let outcome = self
+            .deposit_in(&mut tx, ctx, user_id, amount, card_name, key)
+            .await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// ATM deposit inside the caller's write transaction (the web form also spends its captcha
+    /// and one-time code in it, so a deposit is one commit). Nothing is written on an error.
+    pub async fn deposit_in(
+        &self,
+        tx: &mut WriteTx,
+        ctx: &AuditContext,
+        user_id: i64,
+        amount: DepositAmount,
+        card_name: &CardName,
+        key: &IdempotencyKey,
+    ) -> Result<Outcome, LedgerError> {
+        let locked =
+            ledger_store::lock_account_and_user(&self.db, tx, CASH_ACCOUNT_ID, user_id).await?;
+        let (cash, customer) = split_pair(locked, |a| a.id == CASH_ACCOUNT_ID)?;
+        // Checked under the locks: a concurrent submission with the same key may have won.
         if let Some(entry_id) =
             ledger_store::idempotent_entry(tx.conn(), user_id, key.as_str()).await?
         {
@@ -268,28 +280,21 @@ impl Ledger {
             card_name: Some(card_name.as_str()),
         };
         let minor = amount.amount().minor();
-        self.write_entry(&mut tx, &content, [(customer, minor), (cash, -minor)])
+        self.write_entry(tx, &content, [(customer, minor), (cash, -minor)])
             .await?;
-        ledger_store::insert_idempotency(
-            &mut tx,
-            user_id,
-            key.as_str(),
-            entry_id,
-            content.created_at,
-        )
-        .await?;
+        ledger_store::insert_idempotency(tx, user_id, key.as_str(), entry_id, content.created_at)
+            .await?;
         self.audit
             .record_in(
-                &mut tx,
+                tx,
                 &ctx.with_user(user_id),
                 AuditEvent::Deposit { entry_id },
             )
             .await?;
-        tx.commit().await?;
         Ok(Outcome::Moved { entry_id })
     }
 
-    /// Transfer to another customer by username (matched ignoring case).
+    /// Transfer to another customer by username (matched ignoring case), in its own transaction.
     pub async fn transfer(
         &self,
         ctx: &AuditContext,
@@ -299,26 +304,51 @@ impl Ledger {
         message: &Message,
         key: &IdempotencyKey,
     ) -> Result<Outcome, LedgerError> {
+        let receiver = self.receiver(to).await?;
         let mut tx = self.db.begin_write().await?;
-        if let Some(entry_id) =
-            ledger_store::idempotent_entry(tx.conn(), user_id, key.as_str()).await?
-        {
-            return Ok(Outcome::Replayed { entry_id });
-        }
-        let from_account = ledger_store::account_id_of_user(tx.conn(), user_id)
-            .await?
-            .ok_or(LedgerError::NoAccount)?;
-        let (to_user_id, _) = user_store::id_by_username_key_in(tx.conn(), &to.lookup_key())
-            .await?
-            .ok_or(LedgerError::UnknownReceiver)?;
+        let outcome = self
+            .transfer_in(&mut tx, ctx, user_id, receiver, amount, message, key)
+            .await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// The customer a transfer to `to` goes to (`None`: no such customer). Usernames never
+    /// change hands, so this read may happen before the write transaction.
+    pub async fn receiver(&self, to: &Username) -> Result<Option<i64>, LedgerError> {
+        let mut conn = self.db.pool().acquire().await.map_err(StoreError::from)?;
+        Ok(
+            user_store::id_by_username_key_in(&mut conn, &to.lookup_key())
+                .await?
+                .map(|(id, _)| id),
+        )
+    }
+
+    /// Transfer to customer `receiver` (from [`Ledger::receiver`]) inside the caller's write
+    /// transaction. Refusals (`UnknownReceiver`, `SelfTransfer`, `InsufficientFunds`) write
+    /// nothing, so the caller may still commit its own writes.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn transfer_in(
+        &self,
+        tx: &mut WriteTx,
+        ctx: &AuditContext,
+        user_id: i64,
+        receiver: Option<i64>,
+        amount: Amount,
+        message: &Message,
+        key: &IdempotencyKey,
+    ) -> Result<Outcome, LedgerError> {
+        let to_user_id = receiver.ok_or(LedgerError::UnknownReceiver)?;
         if to_user_id == user_id {
             return Err(LedgerError::SelfTransfer);
         }
-        let to_account = ledger_store::account_id_of_user(tx.conn(), to_user_id)
-            .await?
-            .ok_or(LedgerError::UnknownReceiver)?;
-        let (from, receiver) = self.lock_pair(&mut tx, from_account, to_account).await?;
-        // Re-checked under the locks: a concurrent submission with the same key may have won.
+        let locked =
+            ledger_store::lock_accounts_of_users(&self.db, tx, user_id, to_user_id).await?;
+        if locked.len() == 1 && locked.iter().all(|a| a.user_id == Some(user_id)) {
+            return Err(LedgerError::UnknownReceiver);
+        }
+        let (from, receiver) = split_pair(locked, |a| a.user_id == Some(user_id))?;
+        // Checked under the locks: a concurrent submission with the same key may have won.
         if let Some(entry_id) =
             ledger_store::idempotent_entry(tx.conn(), user_id, key.as_str()).await?
         {
@@ -340,19 +370,13 @@ impl Ledger {
             card_name: None,
         };
         let minor = amount.minor();
-        self.write_entry(&mut tx, &content, [(from, -minor), (receiver, minor)])
+        self.write_entry(tx, &content, [(from, -minor), (receiver, minor)])
             .await?;
-        ledger_store::insert_idempotency(
-            &mut tx,
-            user_id,
-            key.as_str(),
-            entry_id,
-            content.created_at,
-        )
-        .await?;
+        ledger_store::insert_idempotency(tx, user_id, key.as_str(), entry_id, content.created_at)
+            .await?;
         self.audit
             .record_in(
-                &mut tx,
+                tx,
                 &ctx.with_user(user_id),
                 AuditEvent::Transfer {
                     entry_id,
@@ -360,7 +384,6 @@ impl Ledger {
                 },
             )
             .await?;
-        tx.commit().await?;
         Ok(Outcome::Moved { entry_id })
     }
 
@@ -413,9 +436,9 @@ impl Ledger {
                 .map(|c| self.keyring.seal_str(&card_name_aad(content.id), c)),
             mac: entry_mac.to_vec(),
         };
-        ledger_store::insert_entry(tx, &entry).await?;
         let account_ids = postings.each_ref().map(|(account, _)| account.id);
-        let mut updated = Vec::with_capacity(2);
+        // Everything is computed (and the no-negative-balance rule checked) before the first write.
+        let mut rows = Vec::with_capacity(2);
         for (index, (account, amount)) in postings.into_iter().enumerate() {
             let counterparty = account_ids.get(1 - index).copied();
             let old_balance = self
@@ -440,13 +463,32 @@ impl Ledger {
                 mac: Vec::new(),
             };
             posting.mac = self.posting_mac(&posting, amount, &entry_mac).to_vec();
-            ledger_store::insert_posting(tx, &posting).await?;
             let balance_enc = self.keyring.seal_i64(&balance_aad(account.id), new_balance);
-            ledger_store::update_account_head(tx, account.id, &balance_enc, seq, &posting.mac)
-                .await?;
+            rows.push((posting, account, balance_enc));
+        }
+        let [(p0, a0, b0), (p1, a1, b1)] = <[_; 2]>::try_from(rows).map_err(|_| {
+            LedgerError::from(StoreError::Corrupt(format!(
+                "entry {} has not two postings",
+                content.id
+            )))
+        })?;
+        ledger_store::insert_entry(tx, &entry).await?;
+        let postings = [p0, p1];
+        ledger_store::insert_postings(tx, &postings).await?;
+        let [p0, p1] = postings;
+        let mut updated = Vec::with_capacity(2);
+        for (posting, account, balance_enc) in [(p0, a0, b0), (p1, a1, b1)] {
+            ledger_store::update_account_head(
+                tx,
+                account.id,
+                &balance_enc,
+                posting.seq,
+                &posting.mac,
+            )
+            .await?;
             updated.push(AccountRow {
                 balance_enc,
-                seq,
+                seq: posting.seq,
                 head_mac: posting.mac,
                 ..account
             });
@@ -581,5 +623,20 @@ impl Ledger {
 
     pub(crate) fn keyring(&self) -> &Keyring {
         &self.keyring
+    }
+}
+
+/// Splits the two rows locked for a movement into `(the one matching is_first, the other)`.
+fn split_pair(
+    rows: Vec<AccountRow>,
+    is_first: impl Fn(&AccountRow) -> bool,
+) -> Result<(AccountRow, AccountRow), LedgerError> {
+    let [a, b] = <[AccountRow; 2]>::try_from(rows).map_err(|_| LedgerError::NoAccount)?;
+    if is_first(&a) && !is_first(&b) {
+        Ok((a, b))
+    } else if is_first(&b) && !is_first(&a) {
+        Ok((b, a))
+    } else {
+        Err(LedgerError::NoAccount)
     }
 }

@@ -54,26 +54,21 @@ const COLUMNS: &str =
 
 /// Locks the head of `stream` (creating it with `genesis_mac` if new) and returns `(seq, mac)`.
 pub async fn lock_head(
-    db: &Db,
+    _db: &Db,
     tx: &mut WriteTx,
     stream: &str,
     genesis_mac: &[u8],
 ) -> Result<(i64, Vec<u8>), StoreError> {
-    sqlx::query(
-        "INSERT INTO audit_heads (stream, seq, mac) VALUES ($1, 0, $2) ON CONFLICT DO NOTHING",
+    // One statement: creates the head if new, and on PostgreSQL the upsert row-locks it (like
+    // `FOR UPDATE`) until the transaction ends; SQLite holds its single write lock.
+    let head: (i64, Vec<u8>) = sqlx::query_as(
+        "INSERT INTO audit_heads (stream, seq, mac) VALUES ($1, 0, $2) \
+         ON CONFLICT (stream) DO UPDATE SET seq = audit_heads.seq RETURNING seq, mac",
     )
     .bind(stream)
     .bind(genesis_mac)
-    .execute(tx.conn())
+    .fetch_one(tx.conn())
     .await?;
-    let sql = db.for_update(
-        "SELECT seq, mac FROM audit_heads WHERE stream = $1 FOR UPDATE",
-        "SELECT seq, mac FROM audit_heads WHERE stream = $1",
-    );
-    let head: (i64, Vec<u8>) = sqlx::query_as(sql)
-        .bind(stream)
-        .fetch_one(tx.conn())
-        .await?;
     Ok(head)
 }
 

@@ -3,7 +3,7 @@
 //! primary key decides, also between instances). Policy (when to prune, how many rows) lives in
 //! `crate::captcha`.
 
-use super::{Db, StoreError};
+use super::{Db, StoreError, WriteTx};
 
 /// What happened to an attempt to spend a challenge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,13 +14,25 @@ pub enum SpendOutcome {
     AlreadySpent,
 }
 
-/// Records `challenge_hash` as spent until `expires_at` (Unix milliseconds).
+/// Records `challenge_hash` as spent until `expires_at` (Unix milliseconds), in its own transaction.
 pub async fn spend(
     db: &Db,
     challenge_hash: &[u8],
     expires_at: i64,
 ) -> Result<SpendOutcome, StoreError> {
     let mut tx = db.begin_write().await?;
+    let outcome = spend_in(&mut tx, challenge_hash, expires_at).await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// [`spend`] inside the caller's write transaction (a money form's one transaction). A
+/// concurrent spend of the same challenge waits for this transaction and then finds the row.
+pub async fn spend_in(
+    tx: &mut WriteTx,
+    challenge_hash: &[u8],
+    expires_at: i64,
+) -> Result<SpendOutcome, StoreError> {
     let inserted = sqlx::query(
         "INSERT INTO captcha_spent (challenge_hash, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
     )
@@ -28,16 +40,14 @@ pub async fn spend(
     .bind(expires_at)
     .execute(tx.conn())
     .await;
-    let outcome = match inserted {
+    Ok(match inserted {
         Ok(result) if result.rows_affected() == 1 => SpendOutcome::Spent,
         Ok(_) => SpendOutcome::AlreadySpent,
         Err(error) => match StoreError::from_insert(error, "captcha challenge") {
             StoreError::Conflict(_) => SpendOutcome::AlreadySpent,
             other => return Err(other),
         },
-    };
-    tx.commit().await?;
-    Ok(outcome)
+    })
 }
 
 /// Deletes at most `limit` rows that expired before `now` (Unix milliseconds), in one short write

@@ -103,6 +103,46 @@ pub async fn lock_account(
     Ok(row.map(account))
 }
 
+/// Locks the accounts of `user_a` and `user_b` in one statement, in ascending id order (PostgreSQL
+/// `FOR UPDATE` locks rows in the sorted order, so two movements cannot deadlock; SQLite holds its
+/// single write lock). Returns the rows found, ordered by id.
+pub async fn lock_accounts_of_users(
+    db: &Db,
+    tx: &mut WriteTx,
+    user_a: i64,
+    user_b: i64,
+) -> Result<Vec<AccountRow>, StoreError> {
+    let sql = db.for_update(
+        "SELECT id, user_id, kind, balance_enc, seq, head_mac FROM accounts WHERE user_id IN ($1, $2) ORDER BY id FOR UPDATE",
+        "SELECT id, user_id, kind, balance_enc, seq, head_mac FROM accounts WHERE user_id IN ($1, $2) ORDER BY id",
+    );
+    let rows: Vec<AccountTuple> = sqlx::query_as(sql)
+        .bind(user_a)
+        .bind(user_b)
+        .fetch_all(tx.conn())
+        .await?;
+    Ok(rows.into_iter().map(account).collect())
+}
+
+/// Locks account `id` and the account of `user_id` in one statement, in ascending id order.
+pub async fn lock_account_and_user(
+    db: &Db,
+    tx: &mut WriteTx,
+    id: i64,
+    user_id: i64,
+) -> Result<Vec<AccountRow>, StoreError> {
+    let sql = db.for_update(
+        "SELECT id, user_id, kind, balance_enc, seq, head_mac FROM accounts WHERE id = $1 OR user_id = $2 ORDER BY id FOR UPDATE",
+        "SELECT id, user_id, kind, balance_enc, seq, head_mac FROM accounts WHERE id = $1 OR user_id = $2 ORDER BY id",
+    );
+    let rows: Vec<AccountTuple> = sqlx::query_as(sql)
+        .bind(id)
+        .bind(user_id)
+        .fetch_all(tx.conn())
+        .await?;
+    Ok(rows.into_iter().map(account).collect())
+}
+
 pub async fn account_id_of_user(
     conn: &mut AnyConnection,
     user_id: i64,
@@ -183,18 +223,29 @@ pub async fn insert_entry(tx: &mut WriteTx, row: &EntryRow) -> Result<(), StoreE
     Ok(())
 }
 
-pub async fn insert_posting(tx: &mut WriteTx, row: &PostingRow) -> Result<(), StoreError> {
+/// Inserts the two postings of an entry in one statement.
+pub async fn insert_postings(tx: &mut WriteTx, rows: &[PostingRow; 2]) -> Result<(), StoreError> {
+    let [a, b] = rows;
     sqlx::query(
-        "INSERT INTO postings (account_id, seq, entry_id, counterparty_account_id, amount_enc, created_at, prev_mac, mac) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO postings (account_id, seq, entry_id, counterparty_account_id, amount_enc, created_at, prev_mac, mac) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8), ($9, $10, $11, $12, $13, $14, $15, $16)",
     )
-    .bind(row.account_id)
-    .bind(row.seq)
-    .bind(row.entry_id)
-    .bind(row.counterparty_account_id)
-    .bind(&row.amount_enc)
-    .bind(row.created_at)
-    .bind(&row.prev_mac)
-    .bind(&row.mac)
+    .bind(a.account_id)
+    .bind(a.seq)
+    .bind(a.entry_id)
+    .bind(a.counterparty_account_id)
+    .bind(&a.amount_enc)
+    .bind(a.created_at)
+    .bind(&a.prev_mac)
+    .bind(&a.mac)
+    .bind(b.account_id)
+    .bind(b.seq)
+    .bind(b.entry_id)
+    .bind(b.counterparty_account_id)
+    .bind(&b.amount_enc)
+    .bind(b.created_at)
+    .bind(&b.prev_mac)
+    .bind(&b.mac)
     .execute(tx.conn())
     .await
     .map_err(|e| StoreError::from_insert(e, "posting"))?;

@@ -81,13 +81,36 @@ pub async fn insert(
     Ok(ended)
 }
 
-pub async fn find(db: &Db, id_hash: &str) -> Result<Option<SessionRow>, StoreError> {
-    let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM sessions WHERE id_hash = $1"));
-    let row: Option<SessionTuple> = sqlx::query_as(sql)
-        .bind(id_hash)
-        .fetch_optional(db.pool())
-        .await?;
-    Ok(row.map(session))
+/// The session and its customer's username (one statement: every page needs both).
+pub async fn find(db: &Db, id_hash: &str) -> Result<Option<(SessionRow, String)>, StoreError> {
+    type Joined = (
+        String,
+        i64,
+        String,
+        String,
+        i64,
+        i64,
+        Option<String>,
+        Option<String>,
+        Option<Vec<u8>>,
+        Option<String>,
+        Option<String>,
+    );
+    let row: Option<Joined> = sqlx::query_as(
+        "SELECT s.id_hash, s.user_id, s.stage, s.csrf_token, s.created_at, s.last_seen_at, \
+         s.client_ip, s.user_agent, s.recovery_codes_enc, s.flash, u.username \
+         FROM sessions s LEFT JOIN users u ON u.id = s.user_id WHERE s.id_hash = $1",
+    )
+    .bind(id_hash)
+    .fetch_optional(db.pool())
+    .await?;
+    Ok(row.map(|t| {
+        let username = t.10.unwrap_or_default();
+        (
+            session((t.0, t.1, t.2, t.3, t.4, t.5, t.6, t.7, t.8, t.9)),
+            username,
+        )
+    }))
 }
 
 pub async fn touch(db: &Db, id_hash: &str, now: i64) -> Result<(), StoreError> {

@@ -168,6 +168,18 @@ pub async fn set_totp_secret(db: &Db, user_id: i64, secret_enc: &[u8]) -> Result
 /// (atomic: of two concurrent requests with the same code, one wins).
 pub async fn spend_totp_step(db: &Db, user_id: i64, step: i64) -> Result<bool, StoreError> {
     let mut tx = db.begin_write().await?;
+    let spent = spend_totp_step_in(&mut tx, user_id, step).await?;
+    tx.commit().await?;
+    Ok(spent)
+}
+
+/// Records `step` as the customer's last accepted one-time-code step if it is newer than the
+/// last; `false` when it is not (a replay, or a concurrent request with the same code won).
+pub async fn spend_totp_step_in(
+    tx: &mut WriteTx,
+    user_id: i64,
+    step: i64,
+) -> Result<bool, StoreError> {
     let updated =
         sqlx::query("UPDATE users SET totp_last_step = $1 WHERE id = $2 AND totp_last_step < $1")
             .bind(step)
@@ -175,7 +187,6 @@ pub async fn spend_totp_step(db: &Db, user_id: i64, step: i64) -> Result<bool, S
             .execute(tx.conn())
             .await?
             .rows_affected();
-    tx.commit().await?;
     Ok(updated == 1)
 }
 

@@ -142,6 +142,11 @@ pub async fn signup(
     else {
         return again(StatusCode::UNPROCESSABLE_ENTITY, errors);
     };
+    if services.hasher.is_saturated() {
+        // Refused before any database work: a flood costs the database nothing.
+        let busy = auth::password::HashError::Busy.to_string();
+        return again(StatusCode::SERVICE_UNAVAILABLE, Errors::one("form", busy));
+    }
     if let Err(message) = captcha_gate::verify(&services, &form, &context, "signup").await {
         return again(StatusCode::BAD_REQUEST, Errors::one("form", message));
     }
@@ -298,6 +303,11 @@ pub async fn login(State(services): State<Services>, visitor: Visitor, form: Csr
         };
         render(status, &page, &context.request_id)
     };
+    if services.hasher.is_saturated() {
+        // Every hashing thread busy and the queue full: refused before any database work, so
+        // a flood of logins cannot hold the connection pool that other customers' pages need.
+        return again(StatusCode::SERVICE_UNAVAILABLE, AuthError::Busy.to_string());
+    }
     if let Err(message) = captcha_gate::verify(&services, &form, &context, "login").await {
         return again(StatusCode::BAD_REQUEST, message);
     }

@@ -12,12 +12,14 @@ use axum::http::{StatusCode, Uri};
 use axum::response::Response;
 
 use super::captcha_gate;
+use super::context::RequestContext;
 use super::extract::{CurrentUser, see_other};
 use super::form::CsrfForm;
 use super::home::Row;
 use super::view::{Chrome, Errors, internal, render};
-use crate::audit::AuditContext;
+use crate::audit::{AuditContext, AuditEvent};
 use crate::captcha::CaptchaFields;
+use crate::captcha::PendingSpend;
 use crate::domain::{Amount, CardName, DepositAmount, IdempotencyKey, Message, Username};
 use crate::ledger::LedgerError;
 use crate::limits::HISTORY_PAGE_ROWS;
@@ -48,13 +50,6 @@ fn issued_key(services: &Services, user_id: i64, raw: &str) -> Option<Idempotenc
         mac.as_bytes(),
     )
     .then_some(key)
-}
-
-async fn own_username(services: &Services, user_id: i64) -> Option<String> {
-    crate::store::users::username_of(&services.db, user_id)
-        .await
-        .ok()
-        .flatten()
 }
 
 #[derive(Template)]
@@ -92,6 +87,8 @@ struct Refusal {
     status: StatusCode,
     errors: Errors,
     reason: &'static str,
+    /// Already recorded in the audit log (in the movement's transaction).
+    audited: bool,
 }
 
 fn refuse(
@@ -104,6 +101,7 @@ fn refuse(
         status,
         errors: Errors::one(field, message),
         reason,
+        audited: false,
     }
 }
 
@@ -123,7 +121,7 @@ pub async fn transfer_form(State(services): State<Services>, user: CurrentUser) 
         balance: balance_text(&services, user_id).await,
         key: issue_key(&services, user_id),
         amount: String::new(),
-        from_username: own_username(&services, user_id).await.unwrap_or_default(),
+        from_username: user.session.username.clone(),
         to_username: String::new(),
         message: String::new(),
         errors: Errors::default(),
@@ -139,7 +137,7 @@ pub async fn atm_form(State(services): State<Services>, user: CurrentUser) -> Re
         balance: balance_text(&services, user_id).await,
         key: issue_key(&services, user_id),
         amount: String::new(),
-        username: own_username(&services, user_id).await.unwrap_or_default(),
+        username: user.session.username.clone(),
         card_name: String::new(),
         errors: Errors::default(),
         captcha: captcha_gate::fields(&services),
@@ -147,15 +145,41 @@ pub async fn atm_form(State(services): State<Services>, user: CurrentUser) -> Re
     render(StatusCode::OK, &page, &user.context.request_id)
 }
 
-/// Steps shared by both money forms, up to (not including) the ledger call. `Ok(None)` means the
-/// key already moved money: answer with its receipt.
-async fn common_checks(
+/// What a money form moves, once its fields parsed.
+enum Movement {
+    Transfer {
+        to: Username,
+        amount: Amount,
+        message: Message,
+    },
+    Deposit {
+        amount: DepositAmount,
+        card_name: CardName,
+    },
+}
+
+/// The username a form must name (the customer's own), and where to say so if it does not.
+struct OwnUsername {
+    given: Username,
+    field: &'static str,
+    message: &'static str,
+}
+
+/// A money form after the extractors (session, CSRF): the idempotency key, field syntax,
+/// captcha, one-time code and business rules, in the contract's order. Reads and a provider's
+/// captcha call happen first; then every write of the movement (captcha replay mark, code step,
+/// journal entry, postings, balances, idempotency outcome, audit event) is one transaction with
+/// one commit. A refusal from the code check on commits the spent captcha and code step with
+/// its audit event, so neither can be tried again; an operating error rolls everything back.
+/// `Ok(entry_id)`: the receipt to show (new, or the key's earlier one).
+async fn submit(
     services: &Services,
     user: &CurrentUser,
     form: &CsrfForm,
     kind: &'static str,
     field_errors: Errors,
-) -> Result<Option<IdempotencyKey>, Refusal> {
+    parsed: Option<(Movement, OwnUsername)>,
+) -> Result<i64, Refusal> {
     let user_id = user.session.user_id;
     let Some(key) = issued_key(services, user_id, form.get("idempotency_key")) else {
         return Err(refuse(
@@ -165,52 +189,195 @@ async fn common_checks(
             "bad_idempotency_key",
         ));
     };
-    if services
-        .ledger
-        .replayed_entry(user_id, &key)
-        .await
-        .ok()
-        .flatten()
-        .is_some()
-    {
-        return Ok(None);
+    match services.ledger.replayed_entry(user_id, &key).await {
+        Ok(Some(entry_id)) => return Ok(entry_id),
+        Ok(None) => {}
+        Err(error) => return Err(unavailable(&error)),
     }
     if !field_errors.is_empty() {
         return Err(Refusal {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             errors: field_errors,
             reason: "invalid_fields",
+            audited: false,
         });
     }
-    if let Err(message) = captcha_gate::verify(services, form, &user.context, kind).await {
-        return Err(refuse(
-            StatusCode::BAD_REQUEST,
-            "form",
-            message,
-            "captcha_failed",
-        ));
-    }
-    match crate::auth::check_totp(services, user_id, form.get("otp")).await {
-        Ok(true) => Ok(Some(key)),
-        Ok(false) => Err(refuse(
-            StatusCode::UNAUTHORIZED,
-            "otp",
-            "The code is not right, or was already used. Wait for the next code in your app.",
-            "wrong_code",
-        )),
-        Err(error) => {
-            tracing::error!(%error, "one-time code check failed");
-            Err(refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "form",
-                "The bank is busy. Please try again in a moment.",
-                "unavailable",
-            ))
+    let pending = captcha_gate::check(services, form, &user.context, kind)
+        .await
+        .map_err(captcha_refusal)?;
+    let Some((movement, own)) = parsed else {
+        return Err(invalid_fields());
+    };
+    // Reads before the write transaction (SQLite has one writer at a time: keep it short).
+    let step = crate::auth::totp_candidate_step(services, user_id, form.get("otp"))
+        .await
+        .map_err(|error| unavailable(&error))?;
+    let own_username_ok = own.given.lookup_key() == user.session.username.to_ascii_lowercase();
+    let receiver = match &movement {
+        Movement::Transfer { to, .. } => services
+            .ledger
+            .receiver(to)
+            .await
+            .map_err(|error| unavailable(&error))?,
+        Movement::Deposit { .. } => None,
+    };
+    let write = MovementWrite {
+        services: services.clone(),
+        context: user.context.clone(),
+        kind,
+        user_id,
+        pending,
+        step,
+        own_username_ok,
+        own,
+        movement,
+        receiver,
+        key,
+    };
+    services
+        .db
+        .on_writer(write.run())
+        .await
+        .unwrap_or_else(|error| Err(unavailable(&error)))
+}
+
+/// The write half of a money form, owned so that it can run on the database's writer.
+struct MovementWrite {
+    services: Services,
+    context: RequestContext,
+    kind: &'static str,
+    user_id: i64,
+    pending: Option<PendingSpend>,
+    step: Option<i64>,
+    own_username_ok: bool,
+    own: OwnUsername,
+    movement: Movement,
+    receiver: Option<i64>,
+    key: IdempotencyKey,
+}
+
+impl MovementWrite {
+    async fn run(self) -> Result<i64, Refusal> {
+        let MovementWrite {
+            services,
+            context,
+            kind,
+            user_id,
+            pending,
+            step,
+            own_username_ok,
+            own,
+            movement,
+            receiver,
+            key,
+        } = self;
+        let mut tx = services
+            .db
+            .begin_write()
+            .await
+            .map_err(|error| unavailable(&error))?;
+        if let Some(pending) = pending
+            && let Err(error) = captcha_gate::spend_in(&services, &mut tx, pending).await
+        {
+            drop(tx);
+            return Err(captcha_refusal(
+                captcha_gate::refused(&services, &context, kind, error).await,
+            ));
         }
+        let code_ok = match step {
+            Some(step) => crate::store::users::spend_totp_step_in(&mut tx, user_id, step)
+                .await
+                .map_err(|error| unavailable(&error))?,
+            None => false,
+        };
+        let ctx = context.audit();
+        let refusal = if !code_ok {
+            refuse(
+                StatusCode::UNAUTHORIZED,
+                "otp",
+                "The code is not right, or was already used. Wait for the next code in your app.",
+                "wrong_code",
+            )
+        } else if !own_username_ok {
+            refuse(
+                StatusCode::FORBIDDEN,
+                own.field,
+                own.message,
+                "not_own_username",
+            )
+        } else {
+            let ledger = &services.ledger;
+            let moved = match movement {
+                Movement::Transfer {
+                    amount, message, ..
+                } => {
+                    ledger
+                        .transfer_in(&mut tx, &ctx, user_id, receiver, amount, &message, &key)
+                        .await
+                }
+                Movement::Deposit { amount, card_name } => {
+                    ledger
+                        .deposit_in(&mut tx, &ctx, user_id, amount, &card_name, &key)
+                        .await
+                }
+            };
+            match moved {
+                Ok(outcome) => {
+                    tx.commit().await.map_err(|error| unavailable(&error))?;
+                    return Ok(outcome.entry_id());
+                }
+                Err(error) => match ledger_refusal(&error) {
+                    Some(refusal) => refusal,
+                    None => return Err(unavailable(&error)),
+                },
+            }
+        };
+        // The refusal is audited in the same transaction that keeps the captcha and code spent.
+        services
+            .audit
+            .record_in(
+                &mut tx,
+                &ctx,
+                AuditEvent::MoneyMovementRefused {
+                    kind,
+                    reason: refusal.reason,
+                },
+            )
+            .await
+            .map_err(|error| unavailable(&error))?;
+        tx.commit().await.map_err(|error| unavailable(&error))?;
+        Err(Refusal {
+            audited: true,
+            ..refusal
+        })
     }
 }
 
-/// Fields that did not parse (their messages were already shown by `common_checks`).
+fn captcha_refusal(failure: captcha_gate::CaptchaFailure) -> Refusal {
+    if failure.operating_error {
+        unavailable(&failure.message)
+    } else {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            "form",
+            failure.message,
+            "captcha_failed",
+        )
+    }
+}
+
+/// An operating error: logged, nothing changed (the transaction, if any, is dropped).
+fn unavailable(error: &dyn std::fmt::Display) -> Refusal {
+    tracing::error!(%error, "money movement failed");
+    refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "form",
+        "Something went wrong on our side. Nothing was changed.",
+        "internal_error",
+    )
+}
+
+/// Fields that did not parse (their messages were already shown by `submit`).
 fn invalid_fields() -> Refusal {
     refuse(
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -218,29 +385,6 @@ fn invalid_fields() -> Refusal {
         "Check the fields.",
         "invalid_fields",
     )
-}
-
-/// The original design's rule: the form names the customer's own username (matched ignoring case).
-async fn require_own_username(
-    services: &Services,
-    user: &CurrentUser,
-    given: &Username,
-    field: &'static str,
-    message: &str,
-) -> Result<(), Refusal> {
-    let own = own_username(services, user.session.user_id)
-        .await
-        .unwrap_or_default();
-    if given.lookup_key() == own.to_ascii_lowercase() {
-        Ok(())
-    } else {
-        Err(refuse(
-            StatusCode::FORBIDDEN,
-            field,
-            message,
-            "not_own_username",
-        ))
-    }
 }
 
 fn ledger_refusal(error: &LedgerError) -> Option<Refusal> {
@@ -290,49 +434,23 @@ pub async fn transfer(
     let message = Message::parse(form.get("message"))
         .map_err(|e| errors.add("message", e.to_string()))
         .ok();
-    let outcome = async {
-        let Some(key) = common_checks(&services, &user, &form, TRANSFER, errors).await? else {
-            return Ok(None);
-        };
-        let (Some(amount), Some(from), Some(to), Some(message)) = (amount, from, to, message)
-        else {
-            return Err(invalid_fields());
-        };
-        require_own_username(
-            &services,
-            &user,
-            &from,
-            "from_username",
-            "Enter your own username to confirm that the money leaves your account.",
-        )
-        .await?;
-        let ctx = user.context.audit();
-        match services
-            .ledger
-            .transfer(&ctx, user.session.user_id, &to, amount, &message, &key)
-            .await
-        {
-            Ok(outcome) => Ok(Some(outcome.entry_id())),
-            Err(error) => match ledger_refusal(&error) {
-                Some(refusal) => Err(refusal),
-                None => {
-                    tracing::error!(%error, "transfer failed");
-                    Err(unreachable_refusal())
-                }
+    let parsed = match (amount, from, to, message) {
+        (Some(amount), Some(from), Some(to), Some(message)) => Some((
+            Movement::Transfer {
+                to,
+                amount,
+                message,
             },
-        }
-    }
-    .await;
+            OwnUsername {
+                given: from,
+                field: "from_username",
+                message: "Enter your own username to confirm that the money leaves your account.",
+            },
+        )),
+        _ => None,
+    };
+    let outcome = submit(&services, &user, &form, TRANSFER, errors, parsed).await;
     finish(&services, &user, &form, TRANSFER, outcome).await
-}
-
-fn unreachable_refusal() -> Refusal {
-    refuse(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "form",
-        "Something went wrong on our side. Nothing was changed.",
-        "internal_error",
-    )
 }
 
 pub async fn atm(State(services): State<Services>, user: CurrentUser, form: CsrfForm) -> Response {
@@ -346,35 +464,18 @@ pub async fn atm(State(services): State<Services>, user: CurrentUser, form: Csrf
     let card_name = CardName::parse(form.get("card_name"))
         .map_err(|e| errors.add("card_name", e.to_string()))
         .ok();
-    let outcome = async {
-        let Some(key) = common_checks(&services, &user, &form, DEPOSIT, errors).await? else {
-            return Ok(None);
-        };
-        let (Some(amount), Some(username), Some(card_name)) = (amount, username, card_name) else {
-            return Err(invalid_fields());
-        };
-        require_own_username(
-            &services,
-            &user,
-            &username,
-            "username",
-            "Enter your own username: deposits go to your own account.",
-        )
-        .await?;
-        let ctx = user.context.audit();
-        match services
-            .ledger
-            .deposit(&ctx, user.session.user_id, amount, &card_name, &key)
-            .await
-        {
-            Ok(outcome) => Ok(Some(outcome.entry_id())),
-            Err(error) => {
-                tracing::error!(%error, "deposit failed");
-                Err(unreachable_refusal())
-            }
-        }
-    }
-    .await;
+    let parsed = match (amount, username, card_name) {
+        (Some(amount), Some(username), Some(card_name)) => Some((
+            Movement::Deposit { amount, card_name },
+            OwnUsername {
+                given: username,
+                field: "username",
+                message: "Enter your own username: deposits go to your own account.",
+            },
+        )),
+        _ => None,
+    };
+    let outcome = submit(&services, &user, &form, DEPOSIT, errors, parsed).await;
     finish(&services, &user, &form, DEPOSIT, outcome).await
 }
 
@@ -384,35 +485,20 @@ async fn finish(
     user: &CurrentUser,
     form: &CsrfForm,
     kind: &'static str,
-    outcome: Result<Option<i64>, Refusal>,
+    outcome: Result<i64, Refusal>,
 ) -> Response {
     let user_id = user.session.user_id;
     let refusal = match outcome {
-        Ok(Some(entry_id)) => return receipt(entry_id),
-        Ok(None) => {
-            // The key already moved money: its first receipt.
-            let key = IdempotencyKey::parse(form.get("idempotency_key")).ok();
-            let entry = match key {
-                Some(key) => services
-                    .ledger
-                    .replayed_entry(user_id, &key)
-                    .await
-                    .ok()
-                    .flatten(),
-                None => None,
-            };
-            return match entry {
-                Some(entry_id) => receipt(entry_id),
-                None => internal(&user.context.request_id, "idempotent entry vanished"),
-            };
-        }
+        Ok(entry_id) => return receipt(entry_id),
         Err(refusal) => refusal,
     };
-    let audit_ctx: AuditContext = user.context.audit();
-    services
-        .ledger
-        .audit_refusal(&audit_ctx, kind, refusal.reason)
-        .await;
+    if !refusal.audited {
+        let audit_ctx: AuditContext = user.context.audit();
+        services
+            .ledger
+            .audit_refusal(&audit_ctx, kind, refusal.reason)
+            .await;
+    }
     let chrome = Chrome::for_session(services, &user.session, true).await;
     let balance = balance_text(services, user_id).await;
     let keep = |name: &str, max: usize| form.get(name).chars().take(max).collect::<String>();

@@ -26,10 +26,7 @@ impl Chrome {
 
     /// Chrome for a session page; takes the flash message (it survives exactly one redirect).
     pub async fn for_session(services: &Services, session: &Session, customer: bool) -> Self {
-        let username = crate::store::users::username_of(&services.db, session.user_id)
-            .await
-            .ok()
-            .flatten();
+        let username = Some(session.username.clone()).filter(|name| !name.is_empty());
         let flash = session.flash.clone();
         if flash.is_some()
             && let Err(error) = session_store::set_flash(&services.db, &session.id_hash, None).await
