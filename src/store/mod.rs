@@ -3,7 +3,8 @@
 //! driver with `$N` placeholders, which both engines accept; the few statements that differ
 //! (row locks, schema) are chosen per engine here and nowhere else.
 //!
-//! Writers: on SQLite a write transaction starts with `BEGIN IMMEDIATE` behind an in-process
+//! Writers: on SQLite a write transaction starts with `BEGIN IMMEDIATE` on the one write
+//! connection (its own pool, so its page cache stays warm) behind an in-process
 //! write gate (one writer at a time, readers in parallel under WAL; the busy timeout covers a CLI
 //! command writing beside a running server). On PostgreSQL rows are locked with
 //! `SELECT … FOR UPDATE` in a fixed order, so unrelated accounts never wait for each other.
@@ -43,8 +44,6 @@ pub enum StoreError {
     Busy,
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
-    #[error("a database write was interrupted: {0}")]
-    Interrupted(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -82,35 +81,6 @@ pub struct Db {
     write_pool: Option<AnyPool>,
     engine: Engine,
     write_gate: Option<Arc<Mutex<()>>>,
-    writer: Option<Arc<Writer>>,
-}
-
-/// SQLite's writer thread: a single-threaded runtime of its own on which the hot write
-/// transactions run (see [`Db::on_writer`]). It stops when the last clone of the `Db` is dropped.
-struct Writer {
-    handle: tokio::runtime::Handle,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-impl Writer {
-    fn start() -> std::io::Result<Arc<Writer>> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let handle = runtime.handle().clone();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        std::thread::Builder::new()
-            .name("sqlite-writer".into())
-            .spawn(move || {
-                runtime.block_on(async {
-                    let _ = stopped.await;
-                });
-            })?;
-        Ok(Arc::new(Writer {
-            handle,
-            _stop: stop,
-        }))
-    }
 }
 
 impl std::fmt::Debug for Db {
@@ -183,18 +153,11 @@ impl Db {
             Engine::Postgres => None,
         };
         let write_gate = (engine == Engine::Sqlite).then(|| Arc::new(Mutex::new(())));
-        let writer = match engine {
-            Engine::Sqlite => Some(Writer::start().map_err(|error| {
-                StoreError::Interrupted(format!("cannot start the writer thread: {error}"))
-            })?),
-            Engine::Postgres => None,
-        };
         Ok(Db {
             pool,
             write_pool,
             engine,
             write_gate,
-            writer,
         })
     }
 
@@ -224,29 +187,6 @@ impl Db {
             Engine::Postgres => self.pool.begin().await?,
         };
         Ok(WriteTx { tx, _gate: gate })
-    }
-
-    /// Runs `job` — a write transaction from [`Db::begin_write`] to its commit — where its
-    /// statements wait least. On SQLite every writer queues for the one write gate, and a
-    /// transaction is a dozen statements, each handed to the connection's thread and back: on
-    /// the request runtime, the gate holder's task would wait behind every ready request task
-    /// between two statements, holding everybody else up. So SQLite jobs run on the writer
-    /// thread, where nothing else is ready to run. On PostgreSQL transactions run in parallel
-    /// under row locks, and the job runs in place. The job runs to its end even if the request
-    /// that started it goes away; a panicking job is an error, never a half-written transaction.
-    pub async fn on_writer<T, F>(&self, job: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: std::future::Future<Output = T> + Send + 'static,
-    {
-        match &self.writer {
-            Some(writer) => writer
-                .handle
-                .spawn(job)
-                .await
-                .map_err(|error| StoreError::Interrupted(error.to_string())),
-            None => Ok(job.await),
-        }
     }
 
     /// Applies pending migrations; returns how many ran. Safe to run from several processes.

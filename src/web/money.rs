@@ -234,14 +234,10 @@ async fn submit(
         receiver,
         key,
     };
-    services
-        .db
-        .on_writer(write.run())
-        .await
-        .unwrap_or_else(|error| Err(unavailable(&error)))
+    write.run().await
 }
 
-/// The write half of a money form, owned so that it can run on the database's writer.
+/// The write half of a money form: everything it writes, in one transaction.
 struct MovementWrite {
     services: Services,
     context: RequestContext,
