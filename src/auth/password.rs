@@ -1,5 +1,5 @@
 //! Password hashing with Argon2id (RFC 9106) at the configured cost, off the async runtime,
-//! through a bounded pool: at most one hash per core in flight and a bounded queue; beyond it the
+//! through a bounded pool: one hashing thread per core but one, and a bounded queue; beyond it the
 //! request is refused at once instead of queueing memory (each hash holds `m` KiB while it runs).
 //! Hash strings are PHC strings carrying their parameters, so a hash made at an older cost is
 //! recognised and rehashed at the next successful login.
@@ -26,7 +26,7 @@ pub enum HashError {
 /// A job for the hashing threads.
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
-/// Argon2 runs on a small fixed set of threads (one per core) fed by a bounded queue. A fixed set
+/// Argon2 runs on a small fixed set of threads (one per core but one) fed by a bounded queue. A fixed set
 /// matters: each thread's allocator keeps the `m` KiB it used, so hashing on an unbounded blocking
 /// pool would let resident memory grow with the number of threads ever used.
 #[derive(Clone)]
@@ -64,8 +64,9 @@ fn argon2(params: &Params) -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
 }
 
+/// `workers` threads; the channel has room for every admitted job (see `PasswordHasher::run`).
 fn start_workers(workers: usize) -> Result<std::sync::mpsc::SyncSender<Job>, HashError> {
-    let (sender, receiver) = std::sync::mpsc::sync_channel::<Job>(ARGON2_QUEUE_DEPTH_MAX);
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<Job>(workers + ARGON2_QUEUE_DEPTH_MAX);
     let receiver = Arc::new(std::sync::Mutex::new(receiver));
     for index in 0..workers {
         let receiver = receiver.clone();
@@ -89,9 +90,12 @@ impl PasswordHasher {
     pub fn new(cost: Argon2Cost) -> Result<Self, HashError> {
         let params = Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None)
             .map_err(|e| HashError::Internal(e.to_string()))?;
+        // One hashing thread per core but one (at least one): under a flood of logins a core
+        // stays free for pages, the database and the rest of the server.
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
+        let threads = cores.saturating_sub(1).max(1);
         // A hash of a random password: verified for unknown emails so timing reveals nothing.
         let salt = SaltString::generate(&mut rand::rngs::OsRng);
         let random = hex::encode(crate::crypto::random_bytes::<16>());
@@ -101,19 +105,19 @@ impl PasswordHasher {
             .to_string();
         Ok(PasswordHasher {
             params,
-            queue: start_workers(cores)?,
+            queue: start_workers(threads)?,
             dummy_hash: Arc::new(dummy),
             pending: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-            capacity: cores + ARGON2_QUEUE_DEPTH_MAX,
+            capacity: threads + ARGON2_QUEUE_DEPTH_MAX,
         })
     }
 
     /// Whether every hashing thread is busy and the queue is full: a request that would hash
     /// can be refused (503) before it does any other work — a flood of logins then costs the
-    /// database nothing. Advisory: a hash request still gets [`HashError::Busy`] if the queue
-    /// filled up in between.
+    /// database nothing. (A hash request that finds the pool full in between still gets
+    /// [`HashError::Busy`].)
     pub fn is_saturated(&self) -> bool {
-        self.pending.load(std::sync::atomic::Ordering::Relaxed) >= self.capacity
+        self.pending.load(std::sync::atomic::Ordering::Acquire) >= self.capacity
     }
 
     /// Runs `work` on a hashing thread, or refuses at once when the queue is full.
@@ -124,16 +128,22 @@ impl PasswordHasher {
         use std::sync::atomic::Ordering;
         let (reply, answer) = tokio::sync::oneshot::channel();
         let pending = self.pending.clone();
-        pending.fetch_add(1, Ordering::Relaxed);
+        // Admission: at most one job per thread running and ARGON2_QUEUE_DEPTH_MAX waiting.
+        if pending.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            pending.fetch_sub(1, Ordering::AcqRel);
+            return Err(HashError::Busy);
+        }
         let done = pending.clone();
         let job: Job = Box::new(move || {
-            let _ = reply.send(work());
-            done.fetch_sub(1, Ordering::Relaxed);
+            let result = work();
+            // Freed before the answer, so a caller that has its answer sees the place free.
+            done.fetch_sub(1, Ordering::AcqRel);
+            let _ = reply.send(result);
         });
         self.queue
             .try_send(job)
             .inspect_err(|_| {
-                pending.fetch_sub(1, Ordering::Relaxed);
+                pending.fetch_sub(1, Ordering::AcqRel);
             })
             .map_err(|e| match e {
                 std::sync::mpsc::TrySendError::Full(_) => HashError::Busy,
@@ -345,5 +355,37 @@ mod tests {
             }
         }
         assert!(busy > 0, "some requests beyond the queue bound are refused");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn saturation_is_visible_before_a_request_would_be_refused() {
+        use std::sync::atomic::Ordering;
+        let hasher = PasswordHasher::new(cost()).unwrap();
+        assert!(!hasher.is_saturated());
+        // Jobs that hold their hashing thread until released fill every thread and the queue.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = Arc::new(std::sync::Mutex::new(held));
+        let mut tasks = Vec::new();
+        for _ in 0..hasher.capacity {
+            let (h, held) = (hasher.clone(), held.clone());
+            tasks.push(tokio::spawn(async move {
+                h.run(move || {
+                    let _ = held.lock().unwrap().recv();
+                })
+                .await
+            }));
+        }
+        while hasher.pending.load(Ordering::Acquire) < hasher.capacity {
+            tokio::task::yield_now().await;
+        }
+        assert!(hasher.is_saturated());
+        assert!(matches!(hasher.run(|| ()).await, Err(HashError::Busy)));
+        for _ in 0..hasher.capacity {
+            release.send(()).unwrap();
+        }
+        for task in tasks {
+            assert!(task.await.unwrap().is_ok());
+        }
+        assert!(!hasher.is_saturated(), "finished jobs free their places");
     }
 }

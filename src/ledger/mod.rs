@@ -90,6 +90,8 @@ pub struct MovementView {
 
 #[derive(Debug, Clone)]
 pub struct HistoryPage {
+    /// The balance as of this page (read with it: one account row serves both).
+    pub balance: Money,
     pub rows: Vec<MovementView>,
     pub page: u32,
     pub last_page: u32,
@@ -557,12 +559,21 @@ impl Ledger {
         }
         let seq_high = total - (i64::from(page) - 1) * per_page;
         let seq_low = (seq_high - per_page + 1).max(1);
-        let rows = ledger_store::history_range(&self.db, account.id, seq_low, seq_high).await?;
+        let rows = if total == 0 {
+            Vec::new()
+        } else {
+            ledger_store::history_range(&self.db, account.id, seq_low, seq_high).await?
+        };
+        let balance = Money::from_minor(
+            self.keyring
+                .open_i64(&balance_aad(account.id), &account.balance_enc)?,
+        );
         let rows = rows
             .into_iter()
             .map(|row| self.view(account.id, row))
             .collect::<Result<_, _>>()?;
         Ok(HistoryPage {
+            balance,
             rows,
             page,
             last_page,

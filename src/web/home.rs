@@ -90,12 +90,10 @@ pub async fn index(
         }
         SessionState::Live(session) => {
             let user_id = session.user_id;
-            let balance = match services.ledger.balance(user_id).await {
-                Ok(b) => b,
-                Err(error) => return internal(&context.request_id, error),
-            };
-            let rows = match services.ledger.history(user_id, 1, HOME_RECENT_ROWS).await {
-                Ok(page) => page.rows.into_iter().map(Row::from).collect(),
+            // One account read serves the balance and the recent rows.
+            let (balance, rows) = match services.ledger.history(user_id, 1, HOME_RECENT_ROWS).await
+            {
+                Ok(page) => (page.balance, page.rows.into_iter().map(Row::from).collect()),
                 Err(error) => return internal(&context.request_id, error),
             };
             let chrome = Chrome::for_session(&services, session, true).await;
