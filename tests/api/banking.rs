@@ -432,3 +432,43 @@ async fn home_reads_only_the_newest_rows_whatever_the_history_length() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_refused_transfer_spends_its_code_in_the_same_commit_as_its_audit_event() {
+    let app = spawn_app().await;
+    let kari = app.customer("kari").await;
+    let _ola = app.customer("ola").await;
+    let (csrf, key) = kari.form_keys("/transfer").await;
+    let code = kari.next_code();
+    let fields = [
+        ("csrf_token", csrf.as_str()),
+        ("idempotency_key", key.as_str()),
+        ("amount", "50"),
+        ("from_username", "kari"),
+        ("to_username", "ola"),
+        ("message", "rent"),
+        ("otp", code.as_str()),
+    ];
+    // Kari has nothing: the balance rule refuses, after the code was checked.
+    let first = kari.post("/transfer", &fields).await;
+    assert_eq!(first.status(), 409);
+    // The same code again is refused as used: the refusal committed the code's step.
+    let second = kari.post("/transfer", &fields).await;
+    assert_eq!(second.status(), 401);
+    assert!(text(second).await.contains("already used"));
+    assert_eq!(kari.balance_minor().await, 0, "nothing moved");
+    let reasons: Vec<String> = app
+        .services
+        .audit
+        .tail(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.event == "money_movement_refused")
+        .map(|e| e.detail.to_string())
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons[0].contains("insufficient_funds"), "{reasons:?}");
+    assert!(reasons[1].contains("wrong_code"), "{reasons:?}");
+    verify(&app.services).await.unwrap();
+}
