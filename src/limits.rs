@@ -43,3 +43,8 @@ pub const SCAN_BATCH_ROWS: i64 = 500;
 pub const AUDIT_TAIL_ROWS_MAX: u32 = 10_000;
 /// Anonymous audit events (no user) are spread over this many chains so they do not contend.
 pub const AUDIT_ANONYMOUS_STREAMS: u64 = 16;
+
+/// Money movements committed together in one SQLite transaction at most (group commit).
+pub const GROUP_COMMIT_BATCH_MAX: usize = 64;
+/// Movements waiting for the SQLite writer at most; beyond it a movement runs on its own.
+pub const GROUP_COMMIT_QUEUE_MAX: usize = 1024;

@@ -87,7 +87,7 @@ impl CspSources {
 
 /// A proof-of-work solution that passed every check but the replay mark (see
 /// [`Captcha::check`]).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PendingSpend {
     key: [u8; 32],
     keep_until_millis: i64,

@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod captcha;
+pub mod group;
 pub mod keys;
 pub mod ledger;
 pub mod sealed;
@@ -81,6 +82,8 @@ pub struct Db {
     write_pool: Option<AnyPool>,
     engine: Engine,
     write_gate: Option<Arc<Mutex<()>>>,
+    /// SQLite only: the group-commit queue for money movements (see `group`).
+    group: Option<group::GroupCommit>,
 }
 
 impl std::fmt::Debug for Db {
@@ -153,12 +156,22 @@ impl Db {
             Engine::Postgres => None,
         };
         let write_gate = (engine == Engine::Sqlite).then(|| Arc::new(Mutex::new(())));
-        Ok(Db {
+        let mut db = Db {
             pool,
             write_pool,
             engine,
             write_gate,
-        })
+            group: None,
+        };
+        if engine == Engine::Sqlite {
+            db.group = Some(group::GroupCommit::start(db.clone()));
+        }
+        Ok(db)
+    }
+
+    /// The group-commit queue (SQLite only: PostgreSQL runs transactions in parallel).
+    pub fn group_commit(&self) -> Option<&group::GroupCommit> {
+        self.group.as_ref()
     }
 
     pub fn engine(&self) -> Engine {

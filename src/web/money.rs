@@ -19,11 +19,14 @@ use super::home::Row;
 use super::view::{Chrome, Errors, internal, render};
 use crate::audit::{AuditContext, AuditEvent};
 use crate::captcha::CaptchaFields;
-use crate::captcha::PendingSpend;
+use crate::captcha::{CaptchaError, PendingSpend};
 use crate::domain::{Amount, CardName, DepositAmount, IdempotencyKey, Message, Username};
 use crate::ledger::LedgerError;
 use crate::limits::HISTORY_PAGE_ROWS;
 use crate::startup::Services;
+use crate::store::WriteTx;
+use crate::store::group::{BatchError, Batched, Verdict};
+use futures_util::future::BoxFuture;
 
 /// Issues an idempotency key for this customer: `random.mac`, so a key cannot be forged or
 /// borrowed from another customer.
@@ -234,7 +237,69 @@ async fn submit(
         receiver,
         key,
     };
-    write.run().await
+    match services.db.group_commit() {
+        Some(group) => {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            group
+                .submit(Box::new(BatchedMovement {
+                    write,
+                    outcome: None,
+                    reply: Some(reply),
+                }))
+                .await;
+            match answer.await {
+                Ok((write, Ok(()), Some(outcome))) => write.answer(outcome).await,
+                // Rolled back with its batch (or never queued): the movement runs on its own.
+                Ok((write, Err(BatchError::Retry), _)) => write.run().await,
+                Ok((_, Err(BatchError::Failed(error)), _)) => Err(unavailable(&error)),
+                Ok((_, Ok(()), None)) => Err(unavailable(&"a batched movement did not run")),
+                Err(_) => Err(unavailable(&"the group-commit writer stopped")),
+            }
+        }
+        None => write.run().await,
+    }
+}
+
+/// What a movement's transaction decided, before the caller answers.
+enum MovementOutcome {
+    Done(Result<i64, Refusal>),
+    /// Refused by the captcha's replay mark; audited by the caller once the write gate is free.
+    CaptchaRefused(CaptchaError),
+}
+
+/// A [`MovementWrite`] queued for group commit; it hands itself back with its outcome.
+struct BatchedMovement {
+    write: MovementWrite,
+    outcome: Option<MovementOutcome>,
+    reply: Option<BatchReply>,
+}
+
+type BatchReply = tokio::sync::oneshot::Sender<(
+    MovementWrite,
+    Result<(), BatchError>,
+    Option<MovementOutcome>,
+)>;
+
+impl Batched for BatchedMovement {
+    fn run<'a>(&'a mut self, tx: &'a mut WriteTx) -> BoxFuture<'a, Verdict> {
+        Box::pin(async move {
+            let (verdict, outcome) = self.write.run_in(tx).await;
+            self.outcome = Some(outcome);
+            verdict
+        })
+    }
+
+    fn finish(self: Box<Self>, result: Result<(), BatchError>) {
+        let BatchedMovement {
+            write,
+            outcome,
+            reply,
+        } = *self;
+        if let Some(reply) = reply {
+            // The request may have gone away meanwhile; its movement is committed or not all the same.
+            let _ = reply.send((write, result, outcome));
+        }
+    }
 }
 
 /// The write half of a money form: everything it writes, in one transaction.
@@ -253,40 +318,64 @@ struct MovementWrite {
 }
 
 impl MovementWrite {
+    /// The movement in a transaction of its own.
     async fn run(self) -> Result<i64, Refusal> {
-        let MovementWrite {
-            services,
-            context,
-            kind,
-            user_id,
-            pending,
-            step,
-            own_username_ok,
-            own,
-            movement,
-            receiver,
-            key,
-        } = self;
-        let mut tx = services
+        let mut tx = self
+            .services
             .db
             .begin_write()
             .await
             .map_err(|error| unavailable(&error))?;
-        if let Some(pending) = pending
-            && let Err(error) = captcha_gate::spend_in(&services, &mut tx, pending).await
-        {
+        let (verdict, outcome) = self.run_in(&mut tx).await;
+        if verdict == Verdict::Keep {
+            tx.commit().await.map_err(|error| unavailable(&error))?;
+        } else {
             drop(tx);
-            return Err(captcha_refusal(
-                captcha_gate::refused(&services, &context, kind, error).await,
-            ));
         }
-        let code_ok = match step {
-            Some(step) => crate::store::users::spend_totp_step_in(&mut tx, user_id, step)
-                .await
-                .map_err(|error| unavailable(&error))?,
+        self.answer(outcome).await
+    }
+
+    /// Turns a decided outcome into the form's answer (audits a captcha refusal; call it only
+    /// after the transaction is committed or dropped).
+    async fn answer(&self, outcome: MovementOutcome) -> Result<i64, Refusal> {
+        match outcome {
+            MovementOutcome::Done(result) => result,
+            MovementOutcome::CaptchaRefused(error) => Err(captcha_refusal(
+                captcha_gate::refused(&self.services, &self.context, self.kind, error).await,
+            )),
+        }
+    }
+
+    /// Every write of the movement inside `tx`: `Keep` when `tx` may be committed (a movement,
+    /// or a refusal whose spent captcha and code step and audit event must stay), `Abort` when
+    /// it must be rolled back (an operating error, or a replayed captcha that wrote nothing).
+    async fn run_in(&self, tx: &mut WriteTx) -> (Verdict, MovementOutcome) {
+        let services = &self.services;
+        let user_id = self.user_id;
+        if let Some(pending) = self.pending.clone()
+            && let Err(error) = captcha_gate::spend_in(services, tx, pending).await
+        {
+            let verdict = if error.is_operating_error() {
+                Verdict::Abort
+            } else {
+                Verdict::Keep // nothing was written
+            };
+            return (verdict, MovementOutcome::CaptchaRefused(error));
+        }
+        let abort = |error: &dyn std::fmt::Display| {
+            (
+                Verdict::Abort,
+                MovementOutcome::Done(Err(unavailable(error))),
+            )
+        };
+        let code_ok = match self.step {
+            Some(step) => match crate::store::users::spend_totp_step_in(tx, user_id, step).await {
+                Ok(spent) => spent,
+                Err(error) => return abort(&error),
+            },
             None => false,
         };
-        let ctx = context.audit();
+        let ctx = self.context.audit();
         let refusal = if !code_ok {
             refuse(
                 StatusCode::UNAUTHORIZED,
@@ -294,58 +383,62 @@ impl MovementWrite {
                 "The code is not right, or was already used. Wait for the next code in your app.",
                 "wrong_code",
             )
-        } else if !own_username_ok {
+        } else if !self.own_username_ok {
             refuse(
                 StatusCode::FORBIDDEN,
-                own.field,
-                own.message,
+                self.own.field,
+                self.own.message,
                 "not_own_username",
             )
         } else {
             let ledger = &services.ledger;
-            let moved = match movement {
+            let moved = match &self.movement {
                 Movement::Transfer {
                     amount, message, ..
                 } => {
                     ledger
-                        .transfer_in(&mut tx, &ctx, user_id, receiver, amount, &message, &key)
+                        .transfer_in(
+                            tx,
+                            &ctx,
+                            user_id,
+                            self.receiver,
+                            *amount,
+                            message,
+                            &self.key,
+                        )
                         .await
                 }
                 Movement::Deposit { amount, card_name } => {
                     ledger
-                        .deposit_in(&mut tx, &ctx, user_id, amount, &card_name, &key)
+                        .deposit_in(tx, &ctx, user_id, *amount, card_name, &self.key)
                         .await
                 }
             };
             match moved {
                 Ok(outcome) => {
-                    tx.commit().await.map_err(|error| unavailable(&error))?;
-                    return Ok(outcome.entry_id());
+                    return (Verdict::Keep, MovementOutcome::Done(Ok(outcome.entry_id())));
                 }
                 Err(error) => match ledger_refusal(&error) {
                     Some(refusal) => refusal,
-                    None => return Err(unavailable(&error)),
+                    None => return abort(&error),
                 },
             }
         };
         // The refusal is audited in the same transaction that keeps the captcha and code spent.
-        services
-            .audit
-            .record_in(
-                &mut tx,
-                &ctx,
-                AuditEvent::MoneyMovementRefused {
-                    kind,
-                    reason: refusal.reason,
-                },
-            )
-            .await
-            .map_err(|error| unavailable(&error))?;
-        tx.commit().await.map_err(|error| unavailable(&error))?;
-        Err(Refusal {
-            audited: true,
-            ..refusal
-        })
+        let event = AuditEvent::MoneyMovementRefused {
+            kind: self.kind,
+            reason: refusal.reason,
+        };
+        if let Err(error) = services.audit.record_in(tx, &ctx, event).await {
+            return abort(&error);
+        }
+        (
+            Verdict::Keep,
+            MovementOutcome::Done(Err(Refusal {
+                audited: true,
+                ..refusal
+            })),
+        )
     }
 }
 

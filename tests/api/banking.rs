@@ -472,3 +472,36 @@ async fn a_refused_transfer_spends_its_code_in_the_same_commit_as_its_audit_even
     assert!(reasons[1].contains("wrong_code"), "{reasons:?}");
     verify(&app.services).await.unwrap();
 }
+
+#[tokio::test]
+async fn transfers_sent_at_the_same_moment_each_move_once_and_conserve_money() {
+    let app = spawn_app().await;
+    let mut people = Vec::new();
+    for i in 0..12 {
+        people.push(app.customer(&format!("ring{i:02}")).await);
+    }
+    for person in &people {
+        assert_eq!(person.deposit("100").await.status(), 303);
+    }
+    // Everyone sends 1 kr to the next at once: on SQLite they share group commits.
+    let sends = people.iter().enumerate().map(|(i, person)| {
+        let to = format!("ring{:02}", (i + 1) % people.len());
+        async move { person.transfer(&to, "1", "ring").await }
+    });
+    let answers = futures_util::future::join_all(sends).await;
+    let mut receipts = std::collections::HashSet::new();
+    for answer in answers {
+        assert_eq!(answer.status(), 303);
+        receipts.insert(answer.headers()["location"].to_str().unwrap().to_string());
+    }
+    assert_eq!(receipts.len(), people.len(), "one entry per transfer");
+    for person in &people {
+        assert_eq!(person.balance_minor().await, 10_000, "sent 1 kr, got 1 kr");
+    }
+    let (entries,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM journal_entries")
+        .fetch_one(app.services.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(entries, 2 * people.len() as i64);
+    verify(&app.services).await.unwrap();
+}

@@ -12,6 +12,7 @@ mod banking;
 mod captcha;
 mod cli;
 mod crash;
+mod group;
 mod hardening;
 mod health;
 mod helpers;

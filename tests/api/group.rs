@@ -1,0 +1,89 @@
+//! Group commit (SQLite): movements queued together share one transaction, and one job's
+//! failure rolls back its batch and sends every job of it back to run on its own.
+
+use alphabank::store::group::{BatchError, Batched, Verdict};
+use alphabank::store::{Engine, WriteTx, captcha as captcha_store};
+use futures_util::future::BoxFuture;
+use tokio::sync::oneshot;
+
+use crate::helpers::test_services;
+
+/// A job that marks one captcha challenge as spent and then keeps or aborts.
+struct MarkJob {
+    hash: [u8; 32],
+    verdict: Verdict,
+    reply: Option<oneshot::Sender<Result<(), BatchError>>>,
+}
+
+impl Batched for MarkJob {
+    fn run<'a>(&'a mut self, tx: &'a mut WriteTx) -> BoxFuture<'a, Verdict> {
+        Box::pin(async move {
+            captcha_store::spend_in(tx, &self.hash, alphabank::now_millis() + 60_000)
+                .await
+                .unwrap();
+            self.verdict
+        })
+    }
+    fn finish(self: Box<Self>, outcome: Result<(), BatchError>) {
+        let _ = self.reply.unwrap().send(outcome);
+    }
+}
+
+fn job(n: u8, verdict: Verdict) -> (Box<MarkJob>, oneshot::Receiver<Result<(), BatchError>>) {
+    let (reply, answer) = oneshot::channel();
+    let job = MarkJob {
+        hash: [n; 32],
+        verdict,
+        reply: Some(reply),
+    };
+    (Box::new(job), answer)
+}
+
+async fn marked(services: &alphabank::startup::Services, n: u8) -> bool {
+    let row: Option<(i64,)> =
+        sqlx::query_as("SELECT expires_at FROM captcha_spent WHERE challenge_hash = $1")
+            .bind([n; 32].to_vec())
+            .fetch_optional(services.db.pool())
+            .await
+            .unwrap();
+    row.is_some()
+}
+
+// Single-threaded runtime (the default): jobs submitted without an await in between are queued
+// before the writer task runs, so they land in one batch.
+#[tokio::test]
+async fn one_aborting_job_rolls_back_its_batch_and_every_job_is_sent_back() {
+    let (services, _dir) = test_services().await;
+    let Some(group) = services.db.group_commit() else {
+        assert_eq!(
+            services.db.engine(),
+            Engine::Postgres,
+            "only SQLite batches"
+        );
+        return;
+    };
+    let (a, a_answer) = job(1, Verdict::Keep);
+    let (b, b_answer) = job(2, Verdict::Abort);
+    let (c, c_answer) = job(3, Verdict::Keep);
+    group.submit(a).await;
+    group.submit(b).await;
+    group.submit(c).await;
+    for answer in [a_answer, b_answer, c_answer] {
+        assert!(matches!(answer.await.unwrap(), Err(BatchError::Retry)));
+    }
+    for n in 1..=3 {
+        assert!(
+            !marked(&services, n).await,
+            "job {n}'s write was rolled back"
+        );
+    }
+
+    // A batch of keeping jobs commits once, with every job's write.
+    let (d, d_answer) = job(4, Verdict::Keep);
+    let (e, e_answer) = job(5, Verdict::Keep);
+    group.submit(d).await;
+    group.submit(e).await;
+    assert!(d_answer.await.unwrap().is_ok());
+    assert!(e_answer.await.unwrap().is_ok());
+    assert!(marked(&services, 4).await && marked(&services, 5).await);
+}
