@@ -87,3 +87,45 @@ async fn one_aborting_job_rolls_back_its_batch_and_every_job_is_sent_back() {
     assert!(e_answer.await.unwrap().is_ok());
     assert!(marked(&services, 4).await && marked(&services, 5).await);
 }
+
+#[tokio::test]
+async fn beyond_the_queue_bound_a_job_is_sent_back_at_once_to_run_alone() {
+    use alphabank::limits::GROUP_COMMIT_QUEUE_MAX;
+    let (services, _dir) = test_services().await;
+    let Some(group) = services.db.group_commit() else {
+        assert_eq!(
+            services.db.engine(),
+            Engine::Postgres,
+            "only SQLite batches"
+        );
+        return;
+    };
+    let mut answers = Vec::new();
+    // Queued without yielding: the writer has not taken any job yet.
+    for i in 0..GROUP_COMMIT_QUEUE_MAX + 3 {
+        let (reply, answer) = oneshot::channel();
+        let mut hash = [0u8; 32];
+        hash[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        group
+            .submit(Box::new(MarkJob {
+                hash,
+                verdict: Verdict::Keep,
+                reply: Some(reply),
+            }))
+            .await;
+        answers.push(answer);
+    }
+    let overflow: Vec<_> = answers.split_off(GROUP_COMMIT_QUEUE_MAX);
+    for mut answer in overflow {
+        // Already answered, before the writer ran.
+        assert!(matches!(answer.try_recv(), Ok(Err(BatchError::Retry))));
+    }
+    for answer in answers {
+        assert!(answer.await.unwrap().is_ok());
+    }
+    let (rows,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM captcha_spent")
+        .fetch_one(services.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows, GROUP_COMMIT_QUEUE_MAX as i64);
+}
