@@ -66,7 +66,8 @@ impl MasterKey {
         if let Some(text) = from_env {
             return Ok((Self::from_base64(text)?, MasterKeySource::Environment));
         }
-        match std::fs::read_to_string(file) {
+        // Wiped from memory when dropped, like the key itself.
+        match std::fs::read_to_string(file).map(Zeroizing::new) {
             Ok(text) => {
                 let key = Self::from_base64(&text)
                     .map_err(|e| CryptoError::MasterKey(format!("{}: {e}", file.display())))?;
