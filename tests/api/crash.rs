@@ -212,7 +212,7 @@ async fn sigkill_of_the_server_during_atm_deposits_loses_no_acknowledged_deposit
     while let Some(ack) = acked_rx.recv().await {
         acknowledged.push(ack);
         if acknowledged.len() == ACKS_BEFORE_KILL {
-            server.child.kill().unwrap(); // SIGKILL: no drain, no clean close
+            server.serving.child.kill().unwrap(); // SIGKILL: no drain, no clean close
             break;
         }
     }
@@ -221,7 +221,7 @@ async fn sigkill_of_the_server_during_atm_deposits_loses_no_acknowledged_deposit
         ACKS_BEFORE_KILL,
         "enough deposits were acknowledged before the kill"
     );
-    let _ = server.child.wait();
+    let _ = server.serving.child.wait();
     let verify = Command::new(env!("CARGO_BIN_EXE_alphabank"))
         .arg("verify")
         .env_clear()

@@ -7,10 +7,8 @@
 //! Instance A (key O) runs in-process, so the test can run its periodic keyring refresh itself;
 //! the N instances are the real binary in their own processes.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use alphabank::crypto::{CryptoError, MasterKey};
@@ -91,89 +89,6 @@ fn env_with_key_file(
 
 fn env_value(env: &[(String, String)], name: &str) -> String {
     env.iter().find(|(k, _)| k == name).unwrap().1.clone()
-}
-
-/// `alphabank serve` in its own process; killed when dropped.
-struct Served {
-    child: Child,
-    port: u16,
-    output: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Served {
-    /// Starts the binary and waits (up to [`DEADLINE`]) until it says it is serving.
-    fn start(env: &[(String, String)]) -> Served {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_alphabank"))
-            .arg("serve")
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("ALPHABANK_LOG_FORMAT", "json")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let output = output.clone();
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if line.contains("AlphaBank is serving") {
-                        let _ = tx.send(line.clone());
-                    }
-                    output.lock().unwrap().push(line);
-                }
-            });
-        }
-        let line = match rx.recv_timeout(DEADLINE) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "the server did not start: {:?}",
-                    output.lock().unwrap().clone()
-                );
-            }
-        };
-        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
-        let port = value["address"]
-            .as_str()
-            .unwrap()
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        Served {
-            child,
-            port,
-            output,
-        }
-    }
-
-    fn base(&self) -> String {
-        format!("https://localhost:{}", self.port)
-    }
-
-    /// Still running (not exited).
-    fn running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    fn log(&self) -> String {
-        self.output.lock().unwrap().join("\n")
-    }
 }
 
 /// The same customer in a browser of their own, talking to `base`.
@@ -257,7 +172,7 @@ async fn the_master_key_rotates_while_an_old_and_a_new_instance_serve() {
 
     // Instance B is started with N; A (still O) and B serve the same database.
     let n_env = env_with_key_file(&a.env, &new_key_file);
-    let mut b = Served::start(&n_env);
+    let mut b = crate::process::serve(&n_env);
     let kari_b = in_new_browser(&kari, a.new_client(), &b.base());
     assert_eq!(kari_b.login().await.status(), 303, "Kari logs in on B");
     assert_eq!(kari_b.balance_minor().await, 25_000, "B shows her balance");
@@ -341,7 +256,7 @@ async fn the_master_key_rotates_while_an_old_and_a_new_instance_serve() {
     assert_eq!(kari_b.balance_minor().await, 31_000);
 
     // A new instance with N starts and serves Kari's session.
-    let mut c = Served::start(&n_env);
+    let mut c = crate::process::serve(&n_env);
     let kari_c = on(&kari_b, &c.base());
     assert_eq!(kari_c.balance_minor().await, 31_000, "C shows her balance");
     assert!(c.running());

@@ -9,8 +9,6 @@
 //! resolves `localhost` to 127.0.0.1 and takes the port from the URL) sends the same
 //! `__Host-alphabank` cookie to both instances.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use alphabank::config::Config;
@@ -434,50 +432,8 @@ async fn two_instances_starting_together_on_an_empty_database_migrate_once_and_b
 }
 
 /// The real binary, serving on the database of a [`TestApp`].
-struct Process {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve_process(app: &TestApp) -> Process {
-    let env = env_with(&app.env, &[("ALPHABANK_LOG_FORMAT", "json")]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_alphabank"))
-        .arg("serve")
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("AlphaBank is serving") {
-                let _ = tx.send(line);
-            }
-        }
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the binary starts");
-    let value: serde_json::Value = serde_json::from_str(&line).unwrap();
-    let port = value["address"]
-        .as_str()
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    Process { child, port }
+fn serve_process(app: &TestApp) -> crate::process::Serving {
+    crate::process::serve(&app.env)
 }
 
 #[tokio::test]
@@ -485,7 +441,7 @@ async fn sigkill_of_a_mid_stream_loses_no_acknowledged_transfer_and_b_keeps_serv
     // B is in-process (the TestApp); A is the real binary on the same database.
     let b = spawn_app().await;
     let mut a = serve_process(&b);
-    let a_base = format!("https://localhost:{}", a.port);
+    let a_base = a.base();
     b.customer("ola").await;
     // Each customer has two codes left in this 30-second window (enrollment used one).
     let mut senders = Vec::new();

@@ -7,33 +7,30 @@ use std::sync::{Arc, Mutex};
 
 use crate::helpers::{input_value, test_env};
 
-pub(crate) struct Server {
+/// `alphabank serve` in its own process, with every log line it printed; killed when dropped.
+pub(crate) struct Serving {
     pub(crate) child: Child,
     pub(crate) port: u16,
     output: Arc<Mutex<Vec<String>>>,
-    pub(crate) dir: tempfile::TempDir,
-    pub(crate) env: Vec<(String, String)>,
 }
 
-impl Drop for Server {
+impl Drop for Serving {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-pub(crate) async fn start(extra: &[(&str, &str)]) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let mut env = test_env(dir.path(), extra).await;
-    env.push(("ALPHABANK_LOG_FORMAT".into(), "json".into()));
-    env.push((
-        "ALPHABANK_LOG".into(),
-        "debug,sqlx=warn,hyper=info,rustls=info,h2=info".into(),
-    ));
+/// How long a server may take to say it is serving before the test fails.
+const START_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Starts the real binary with `env` (JSON logs) and waits until it says where it serves.
+pub(crate) fn serve(env: &[(String, String)]) -> Serving {
     let mut child = Command::new(env!("CARGO_BIN_EXE_alphabank"))
         .arg("serve")
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("ALPHABANK_LOG_FORMAT", "json")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -55,9 +52,13 @@ pub(crate) async fn start(extra: &[(&str, &str)]) -> Server {
             }
         });
     }
-    let line = rx
-        .recv_timeout(std::time::Duration::from_secs(60))
-        .expect("server starts");
+    let Ok(line) = rx.recv_timeout(START_DEADLINE) else {
+        let _ = child.kill();
+        panic!(
+            "the server did not start: {:?}",
+            output.lock().unwrap().clone()
+        );
+    };
     let value: serde_json::Value = serde_json::from_str(&line).unwrap();
     let port = value["address"]
         .as_str()
@@ -67,10 +68,43 @@ pub(crate) async fn start(extra: &[(&str, &str)]) -> Server {
         .unwrap()
         .parse()
         .unwrap();
-    Server {
+    Serving {
         child,
         port,
         output,
+    }
+}
+
+impl Serving {
+    pub(crate) fn base(&self) -> String {
+        format!("https://localhost:{}", self.port)
+    }
+    /// Still running (not exited).
+    pub(crate) fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+    /// Every line it logged so far.
+    pub(crate) fn log(&self) -> String {
+        self.output.lock().unwrap().join("\n")
+    }
+}
+
+pub(crate) struct Server {
+    pub(crate) serving: Serving,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) env: Vec<(String, String)>,
+}
+
+pub(crate) async fn start(extra: &[(&str, &str)]) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = test_env(dir.path(), extra).await;
+    env.push(("ALPHABANK_LOG_FORMAT".into(), "json".into()));
+    env.push((
+        "ALPHABANK_LOG".into(),
+        "debug,sqlx=warn,hyper=info,rustls=info,h2=info".into(),
+    ));
+    Server {
+        serving: serve(&env),
         dir,
         env,
     }
@@ -85,17 +119,18 @@ impl Server {
             .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
             .resolve(
                 "localhost",
-                format!("127.0.0.1:{}", self.port).parse().unwrap(),
+                format!("127.0.0.1:{}", self.serving.port).parse().unwrap(),
             )
             .build()
             .unwrap()
     }
     pub(crate) fn url(&self, path: &str) -> String {
-        format!("https://localhost:{}{path}", self.port)
+        format!("{}{path}", self.serving.base())
     }
     /// Peak resident memory of the server process, in KiB.
     fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.serving.child.id())).unwrap();
         let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
@@ -290,7 +325,7 @@ async fn no_password_code_secret_or_cookie_reaches_the_logs_or_the_audit_log() {
     assert!(audit.status.success());
     let audit_text = String::from_utf8(audit.stdout).unwrap();
     assert!(audit_text.contains("two_factor_enrolled") && audit_text.contains("login_failed"));
-    let logs = server.output.lock().unwrap().join("\n");
+    let logs = server.serving.log();
     assert!(logs.contains("audit event"), "the logs were captured");
     let master_key = server
         .env
