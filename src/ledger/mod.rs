@@ -389,27 +389,6 @@ impl Ledger {
         Ok(Outcome::Moved { entry_id })
     }
 
-    /// Locks two accounts in ascending id order (no deadlock) and returns them as `(a, b)`.
-    async fn lock_pair(
-        &self,
-        tx: &mut WriteTx,
-        a: i64,
-        b: i64,
-    ) -> Result<(AccountRow, AccountRow), LedgerError> {
-        let (first, second) = if a < b { (a, b) } else { (b, a) };
-        let first_row = ledger_store::lock_account(&self.db, tx, first)
-            .await?
-            .ok_or(LedgerError::NoAccount)?;
-        let second_row = ledger_store::lock_account(&self.db, tx, second)
-            .await?
-            .ok_or(LedgerError::NoAccount)?;
-        Ok(if a < b {
-            (first_row, second_row)
-        } else {
-            (second_row, first_row)
-        })
-    }
-
     /// Writes the entry and its two postings, and moves both account heads.
     async fn write_entry(
         &self,
@@ -510,10 +489,10 @@ impl Ledger {
         card_name: &CardName,
     ) -> Result<u64, LedgerError> {
         let mut tx = self.db.begin_write().await?;
-        let account_id = ledger_store::account_id_of_user(tx.conn(), user_id)
-            .await?
-            .ok_or(LedgerError::NoAccount)?;
-        let (mut cash, mut customer) = self.lock_pair(&mut tx, CASH_ACCOUNT_ID, account_id).await?;
+        let locked =
+            ledger_store::lock_account_and_user(&self.db, &mut tx, CASH_ACCOUNT_ID, user_id)
+                .await?;
+        let (mut cash, mut customer) = split_pair(locked, |a| a.id == CASH_ACCOUNT_ID)?;
         let ctx = ctx.with_user(user_id);
         for amount in amounts {
             let entry_id = random_row_id();

@@ -61,7 +61,7 @@ impl GroupCommit {
 
     /// Queues `job`. When the queue is full or the writer is gone the job is finished at once
     /// with [`BatchError::Retry`], and the caller runs it on its own.
-    pub async fn submit(&self, job: Box<dyn Batched>) {
+    pub fn submit(&self, job: Box<dyn Batched>) {
         if let Err(error) = self.sender.try_send(job) {
             let job = match error {
                 mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job) => {

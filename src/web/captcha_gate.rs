@@ -8,7 +8,6 @@ use crate::captcha::{
     CaptchaError, CaptchaFields, CaptchaSubmission, PendingSpend, provider_response_field,
 };
 use crate::startup::Services;
-use crate::store::WriteTx;
 
 pub fn fields(services: &Services) -> CaptchaFields {
     services.captcha.form_fields()
@@ -33,7 +32,8 @@ pub async fn verify(
 }
 
 /// The checks of [`verify`] that need no database write (a provider's verify call included).
-/// `Ok(Some(pending))` must still be spent with [`spend_in`] in the form's write transaction.
+/// `Ok(Some(pending))` must still be spent with `Captcha::spend_in` in the form's write
+/// transaction.
 pub async fn check(
     services: &Services,
     form: &CsrfForm,
@@ -45,17 +45,6 @@ pub async fn check(
         Ok(pending) => Ok(pending),
         Err(error) => Err(refused(services, context, form_name, error).await),
     }
-}
-
-/// Spends a checked solution inside `tx`. On `Err` the caller must drop `tx` (nothing is kept)
-/// and then pass the error to [`refused`] — not before: on SQLite the audit event needs the
-/// write gate that `tx` holds.
-pub async fn spend_in(
-    services: &Services,
-    tx: &mut WriteTx,
-    pending: PendingSpend,
-) -> Result<(), CaptchaError> {
-    services.captcha.spend_in(tx, pending).await
 }
 
 /// A refused captcha: the message for the user, and whether the cause was ours (the database).

@@ -240,13 +240,11 @@ async fn submit(
     match services.db.group_commit() {
         Some(group) => {
             let (reply, answer) = tokio::sync::oneshot::channel();
-            group
-                .submit(Box::new(BatchedMovement {
-                    write,
-                    outcome: None,
-                    reply: Some(reply),
-                }))
-                .await;
+            group.submit(Box::new(BatchedMovement {
+                write,
+                outcome: None,
+                reply: Some(reply),
+            }));
             match answer.await {
                 Ok((write, Ok(()), Some(outcome))) => write.answer(outcome).await,
                 // Rolled back with its batch (or never queued): the movement runs on its own.
@@ -346,14 +344,16 @@ impl MovementWrite {
         }
     }
 
-    /// Every write of the movement inside `tx`: `Keep` when `tx` may be committed (a movement,
-    /// or a refusal whose spent captcha and code step and audit event must stay), `Abort` when
-    /// it must be rolled back (an operating error, or a replayed captcha that wrote nothing).
+    /// Every write of the movement inside `tx`: `Keep` when `tx` may be committed (a movement;
+    /// a refusal whose spent captcha and code step and audit event must stay; a replayed captcha,
+    /// which wrote nothing), `Abort` when it must be rolled back (an operating error). The
+    /// captcha's replay mark is spent first: on a replay nothing else runs. On SQLite the caller
+    /// audits a captcha refusal only after the write gate is free (see [`MovementWrite::answer`]).
     async fn run_in(&self, tx: &mut WriteTx) -> (Verdict, MovementOutcome) {
         let services = &self.services;
         let user_id = self.user_id;
         if let Some(pending) = self.pending.clone()
-            && let Err(error) = captcha_gate::spend_in(services, tx, pending).await
+            && let Err(error) = services.captcha.spend_in(tx, pending).await
         {
             let verdict = if error.is_operating_error() {
                 Verdict::Abort

@@ -49,8 +49,8 @@ async fn marked(services: &alphabank::startup::Services, n: u8) -> bool {
     row.is_some()
 }
 
-// Single-threaded runtime (the default): jobs submitted without an await in between are queued
-// before the writer task runs, so they land in one batch.
+// Single-threaded runtime (the default): `submit` does not yield, so jobs submitted one after
+// the other are all queued before the writer task runs, and land in one batch.
 #[tokio::test]
 async fn one_aborting_job_rolls_back_its_batch_and_every_job_is_sent_back() {
     let (services, _dir) = test_services().await;
@@ -65,9 +65,9 @@ async fn one_aborting_job_rolls_back_its_batch_and_every_job_is_sent_back() {
     let (a, a_answer) = job(1, Verdict::Keep);
     let (b, b_answer) = job(2, Verdict::Abort);
     let (c, c_answer) = job(3, Verdict::Keep);
-    group.submit(a).await;
-    group.submit(b).await;
-    group.submit(c).await;
+    group.submit(a);
+    group.submit(b);
+    group.submit(c);
     for answer in [a_answer, b_answer, c_answer] {
         assert!(matches!(answer.await.unwrap(), Err(BatchError::Retry)));
     }
@@ -81,8 +81,8 @@ async fn one_aborting_job_rolls_back_its_batch_and_every_job_is_sent_back() {
     // A batch of keeping jobs commits once, with every job's write.
     let (d, d_answer) = job(4, Verdict::Keep);
     let (e, e_answer) = job(5, Verdict::Keep);
-    group.submit(d).await;
-    group.submit(e).await;
+    group.submit(d);
+    group.submit(e);
     assert!(d_answer.await.unwrap().is_ok());
     assert!(e_answer.await.unwrap().is_ok());
     assert!(marked(&services, 4).await && marked(&services, 5).await);
@@ -106,13 +106,11 @@ async fn beyond_the_queue_bound_a_job_is_sent_back_at_once_to_run_alone() {
         let (reply, answer) = oneshot::channel();
         let mut hash = [0u8; 32];
         hash[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        group
-            .submit(Box::new(MarkJob {
-                hash,
-                verdict: Verdict::Keep,
-                reply: Some(reply),
-            }))
-            .await;
+        group.submit(Box::new(MarkJob {
+            hash,
+            verdict: Verdict::Keep,
+            reply: Some(reply),
+        }));
         answers.push(answer);
     }
     let overflow: Vec<_> = answers.split_off(GROUP_COMMIT_QUEUE_MAX);
