@@ -19,9 +19,27 @@ use crate::ledger::Ledger;
 use crate::limits::SHUTDOWN_DRAIN_TIMEOUT;
 use crate::store::{Db, keys as key_store};
 
-/// Everything a request or a CLI command needs; cheap to share.
+/// Everything a request or a CLI command needs; cheap to share: one reference count per clone
+/// (axum clones the state for every extractor of every request).
 #[derive(Clone, Debug)]
-pub struct Services {
+pub struct Services(Arc<ServiceSet>);
+
+impl std::ops::Deref for Services {
+    type Target = ServiceSet;
+    fn deref(&self) -> &ServiceSet {
+        &self.0
+    }
+}
+
+impl From<ServiceSet> for Services {
+    fn from(set: ServiceSet) -> Self {
+        Services(Arc::new(set))
+    }
+}
+
+/// The services themselves (reached through [`Services`]).
+#[derive(Clone, Debug)]
+pub struct ServiceSet {
     pub config: Arc<Config>,
     pub db: Db,
     pub keyring: Keyring,
@@ -102,7 +120,7 @@ pub async fn open_services(config: Config) -> Result<Services, StartError> {
     let rate_limiter = Arc::new(crate::web::rate_limit::ClientLimiter::per_minute(
         config.rate_limit_per_min,
     ));
-    Ok(Services {
+    Ok(Services(Arc::new(ServiceSet {
         config: Arc::new(config),
         db,
         keyring,
@@ -115,7 +133,7 @@ pub async fn open_services(config: Config) -> Result<Services, StartError> {
             crate::limits::REQUESTS_IN_FLIGHT_MAX,
         )),
         master_key_source,
-    })
+    })))
 }
 
 /// A bound, ready-to-run web server (and its optional HTTP→HTTPS redirector).

@@ -388,8 +388,9 @@ async fn beyond_the_in_flight_bound_a_request_gets_503_at_once() {
     use axum::routing::get;
     let app = spawn_app().await;
     // The real middleware with a bound of one request in flight (production: REQUESTS_IN_FLIGHT_MAX).
-    let mut services = app.services.clone();
-    services.in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+    let mut set = (*app.services).clone();
+    set.in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+    let services = alphabank::startup::Services::from(set);
     let release = std::sync::Arc::new(tokio::sync::Notify::new());
     let entered = std::sync::Arc::new(tokio::sync::Notify::new());
     let (r2, e2) = (release.clone(), entered.clone());
