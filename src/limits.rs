@@ -36,6 +36,8 @@ pub const AMOUNT_MINOR_MAX: i64 = 99_999_999_999;
 pub const HISTORY_PAGE_ROWS: u32 = 20;
 /// Movements shown on the home page.
 pub const HOME_RECENT_ROWS: u32 = 10;
+/// Decrypted history rows kept in memory per generation (two generations; rows never change).
+pub const HISTORY_CACHE_ROWS: usize = 8_192;
 /// Rows read per batch when `verify` or `keys rotate` walks a table.
 pub const SCAN_BATCH_ROWS: i64 = 500;
 

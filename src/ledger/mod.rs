@@ -11,6 +11,7 @@
 //! entry's MAC and the previous posting's MAC of the same account; the account row holds the
 //! newest `(seq, mac)`. Amounts, balances, messages and card names are sealed (see `crypto`).
 
+mod cache;
 pub mod verify;
 
 use crate::audit::{AuditContext, AuditError, AuditEvent, AuditLog};
@@ -103,6 +104,7 @@ pub struct Ledger {
     db: Db,
     keyring: Keyring,
     audit: AuditLog,
+    rows: cache::RowCache,
 }
 
 fn balance_aad(account_id: i64) -> Aad {
@@ -130,7 +132,12 @@ pub(crate) struct EntryContent<'a> {
 
 impl Ledger {
     pub fn new(db: Db, keyring: Keyring, audit: AuditLog) -> Self {
-        Ledger { db, keyring, audit }
+        Ledger {
+            db,
+            keyring,
+            audit,
+            rows: cache::RowCache::default(),
+        }
     }
 
     pub(crate) fn entry_mac(&self, e: &EntryContent<'_>) -> [u8; 32] {
@@ -541,16 +548,12 @@ impl Ledger {
         let rows = if total == 0 {
             Vec::new()
         } else {
-            ledger_store::history_range(&self.db, account.id, seq_low, seq_high).await?
+            self.rows_between(account.id, seq_low, seq_high).await?
         };
         let balance = Money::from_minor(
             self.keyring
                 .open_i64(&balance_aad(account.id), &account.balance_enc)?,
         );
-        let rows = rows
-            .into_iter()
-            .map(|row| self.view(account.id, row))
-            .collect::<Result<_, _>>()?;
         Ok(HistoryPage {
             balance,
             rows,
@@ -558,6 +561,42 @@ impl Ledger {
             last_page,
             total_rows: total,
         })
+    }
+
+    /// Rows `seq_high` down to `seq_low` of one account: those held in the row cache as they
+    /// are, the others read and opened in one query (the newest rows, after a new movement).
+    async fn rows_between(
+        &self,
+        account_id: i64,
+        seq_low: i64,
+        seq_high: i64,
+    ) -> Result<Vec<MovementView>, LedgerError> {
+        let mut held = self.rows.range(account_id, seq_low, seq_high);
+        // Newest first: held[i] is seq_high - i.
+        let seq_of = |i: usize| seq_high - i as i64;
+        let missing: Vec<i64> = held
+            .iter()
+            .enumerate()
+            .filter(|(_, row)| row.is_none())
+            .map(|(i, _)| seq_of(i))
+            .collect();
+        if let (Some(&high), Some(&low)) = (missing.first(), missing.last()) {
+            let read = ledger_store::history_range(&self.db, account_id, low, high)
+                .await?
+                .into_iter()
+                .map(|row| self.view(account_id, row))
+                .collect::<Result<Vec<_>, _>>()?;
+            self.rows.keep(account_id, &read);
+            for row in read {
+                if let Some(slot) = usize::try_from(seq_high - row.seq)
+                    .ok()
+                    .and_then(|i| held.get_mut(i))
+                {
+                    *slot = Some(row);
+                }
+            }
+        }
+        Ok(held.into_iter().flatten().collect())
     }
 
     /// The customer's side of one entry (a receipt), if the entry touched their account.

@@ -292,6 +292,33 @@ async fn history_pages_newest_first_and_refuses_pages_that_do_not_exist() {
     assert!(s.ledger.history(bob, 1, 20).await.unwrap().rows.is_empty());
 }
 
+#[tokio::test]
+async fn rows_held_in_memory_never_hide_a_movement_made_by_another_instance() {
+    let (s, _dir) = test_services().await;
+    let alice = customer(&s, "alice").await;
+    deposit(&s, alice, "1").await;
+    deposit(&s, alice, "2").await;
+    let seen = s.ledger.history(alice, 1, 2).await.unwrap();
+    let minors = |rows: &[alphabank::ledger::MovementView]| {
+        rows.iter().map(|r| r.amount.minor()).collect::<Vec<_>>()
+    };
+    assert_eq!(minors(&seen.rows), [200, 100]);
+    // A second instance (its own memory) on the same database moves money twice.
+    let mut set = (*s).clone();
+    set.ledger = alphabank::ledger::Ledger::new(s.db.clone(), s.keyring.clone(), s.audit.clone());
+    let other = alphabank::startup::Services::from(set);
+    deposit(&other, alice, "3").await;
+    deposit(&other, alice, "4").await;
+    // The first instance shows them at once, newest first, beside the rows it already held.
+    let now = s.ledger.history(alice, 1, 3).await.unwrap();
+    assert_eq!(minors(&now.rows), [400, 300, 200]);
+    assert_eq!(now.balance.minor(), 1_000);
+    assert_eq!(now.total_rows, 4);
+    let older = s.ledger.history(alice, 2, 3).await.unwrap();
+    assert_eq!(minors(&older.rows), [100]);
+    assert_eq!(older.rows[0].card_name.as_deref(), Some("Test Card"));
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Deposit { actor: usize, minor: i64 },
