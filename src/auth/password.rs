@@ -14,6 +14,8 @@ use crate::domain::Password;
 
 /// Hashing requests allowed to wait for a thread; more are refused with [`HashError::Busy`].
 pub const ARGON2_QUEUE_DEPTH_MAX: usize = 32;
+/// How much nicer than the server the hashing threads run (19 is the lowest priority there is).
+pub const ARGON2_NICE: i32 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
@@ -64,6 +66,25 @@ fn argon2(params: &Params) -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
 }
 
+/// Hashing threads run at a lower CPU priority (nice +`ARGON2_NICE`) than the rest of the
+/// server: when a login flood keeps them busy, pages, the database and the sessions of customers
+/// already logged in are served first, and hashing gets what is left. With no contention a
+/// hash takes the same time. Failing to lower it (a platform that refuses) is logged, not fatal.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // On Linux, PRIO_PROCESS with a thread id sets that thread's nice value only. Relative
+        // to the server's own (a server already started with `nice` stays below it).
+        let tid = rustix::thread::gettid();
+        let set = rustix::process::getpriority_process(Some(tid)).and_then(|own| {
+            rustix::process::setpriority_process(Some(tid), (own + ARGON2_NICE).min(19))
+        });
+        if let Err(error) = set {
+            tracing::warn!(%error, "could not lower the priority of a password-hashing thread");
+        }
+    }
+}
+
 /// `workers` threads; the channel has room for every admitted job (see `PasswordHasher::run`).
 fn start_workers(workers: usize) -> Result<std::sync::mpsc::SyncSender<Job>, HashError> {
     let (sender, receiver) = std::sync::mpsc::sync_channel::<Job>(workers + ARGON2_QUEUE_DEPTH_MAX);
@@ -73,6 +94,7 @@ fn start_workers(workers: usize) -> Result<std::sync::mpsc::SyncSender<Job>, Has
         std::thread::Builder::new()
             .name(format!("argon2-{index}"))
             .spawn(move || {
+                lower_priority();
                 loop {
                     let job = receiver.lock().unwrap_or_else(|e| e.into_inner()).recv();
                     match job {
@@ -288,6 +310,20 @@ mod tests {
             iterations: 2,
             parallelism: 1,
         }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashing_threads_yield_the_cpu_to_the_rest_of_the_server() {
+        let own = rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
+        let hasher = PasswordHasher::new(cost()).unwrap();
+        let theirs = hasher
+            .run(|| rustix::process::getpriority_process(Some(rustix::thread::gettid())))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(theirs, (own + ARGON2_NICE).min(19));
+        assert!(theirs > own || own == 19);
     }
 
     #[tokio::test]

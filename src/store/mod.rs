@@ -271,9 +271,11 @@ async fn open_pool(
     Ok(AnyPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(DB_POOL_ACQUIRE_TIMEOUT)
-        // An embedded SQLite connection cannot drop like a network one; pinging it before
-        // every use would cost a thread hand-off per query. PostgreSQL connections are tested.
-        .test_before_acquire(engine == Engine::Postgres)
+        // No ping before each use: sqlx already pings every connection when it goes back to
+        // the pool and drops one that fails, so a second ping on the way out only adds a round
+        // trip (PostgreSQL) or a thread hand-off (SQLite) to every query. A server that went
+        // away between the two fails that one request, and the connection is replaced.
+        .test_before_acquire(false)
         .after_connect(move |conn, _meta| {
             Box::pin(async move {
                 match engine {
