@@ -18,7 +18,8 @@ use crate::audit::{AuditContext, AuditError, AuditEvent, AuditLog};
 use crate::crypto::{Aad, CryptoError, Keyring, random_row_id};
 use crate::domain::{Amount, CardName, DepositAmount, IdempotencyKey, Message, Money, Username};
 use crate::store::ledger::{
-    self as ledger_store, AccountRow, CASH_ACCOUNT_ID, EntryRow, HistoryRow, PostingRow,
+    self as ledger_store, AccountHead, AccountRow, CASH_ACCOUNT_ID, EntryRow, HistoryRow,
+    PostingRow,
 };
 use crate::store::{Db, StoreError, WriteTx, users as user_store};
 
@@ -460,20 +461,23 @@ impl Ledger {
                 content.id
             )))
         })?;
-        ledger_store::insert_entry(tx, &entry).await?;
         let postings = [p0, p1];
-        ledger_store::insert_postings(tx, &postings).await?;
+        fn head<'a>(a: &AccountRow, p: &'a PostingRow, balance_enc: &'a [u8]) -> AccountHead<'a> {
+            AccountHead {
+                id: a.id,
+                balance_enc,
+                seq: p.seq,
+                head_mac: &p.mac,
+            }
+        }
+        ledger_store::write_entry(tx, &entry, &postings, {
+            let [q0, q1] = &postings;
+            [head(&a0, q0, &b0), head(&a1, q1, &b1)]
+        })
+        .await?;
         let [p0, p1] = postings;
         let mut updated = Vec::with_capacity(2);
         for (posting, account, balance_enc) in [(p0, a0, b0), (p1, a1, b1)] {
-            ledger_store::update_account_head(
-                tx,
-                account.id,
-                &balance_enc,
-                posting.seq,
-                &posting.mac,
-            )
-            .await?;
             updated.push(AccountRow {
                 balance_enc,
                 seq: posting.seq,

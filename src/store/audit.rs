@@ -1,6 +1,6 @@
 //! SQL for the audit log: append-only events, chained per stream, with one head row per stream.
 
-use sqlx::AnyConnection;
+use sqlx::{AnyConnection, Row};
 
 use super::{Db, StoreError, WriteTx};
 
@@ -73,32 +73,50 @@ pub async fn lock_head(
 }
 
 pub async fn append(tx: &mut WriteTx, event: &AuditRow) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO audit_events (stream, seq, created_at, event, user_id, client_ip, request_id, detail, prev_mac, mac) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(&event.stream)
-    .bind(event.seq)
-    .bind(event.created_at)
-    .bind(&event.event)
-    .bind(event.user_id)
-    .bind(event.client_ip.as_deref())
-    .bind(event.request_id.as_deref())
-    .bind(&event.detail)
-    .bind(&event.prev_mac)
-    .bind(&event.mac)
-    .execute(tx.conn())
-    .await
-    .map_err(|e| StoreError::from_insert(e, "audit sequence number"))?;
-    let updated =
-        sqlx::query("UPDATE audit_heads SET seq = $1, mac = $2 WHERE stream = $3 AND seq = $4")
-            .bind(event.seq)
-            .bind(&event.mac)
-            .bind(&event.stream)
-            .bind(event.seq - 1)
-            .execute(tx.conn())
-            .await?
-            .rows_affected();
+    const INSERT: &str = "INSERT INTO audit_events (stream, seq, created_at, event, user_id, client_ip, request_id, detail, prev_mac, mac) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+    // PostgreSQL: the event and its head in one statement (one round trip); SQLite runs
+    // statements in-process, so two cost little there.
+    let postgres = tx.conn().backend_name() == "PostgreSQL";
+    let sql = if postgres {
+        "WITH e AS (INSERT INTO audit_events (stream, seq, created_at, event, user_id, client_ip, request_id, detail, prev_mac, mac) \
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)), \
+              h AS (UPDATE audit_heads SET seq = $2, mac = $10 WHERE stream = $1 AND seq = $2 - 1 RETURNING 1) \
+         SELECT COUNT(*) FROM h"
+    } else {
+        INSERT
+    };
+    let query = sqlx::query(sql)
+        .bind(&event.stream)
+        .bind(event.seq)
+        .bind(event.created_at)
+        .bind(&event.event)
+        .bind(event.user_id)
+        .bind(event.client_ip.as_deref())
+        .bind(event.request_id.as_deref())
+        .bind(&event.detail)
+        .bind(&event.prev_mac)
+        .bind(&event.mac);
+    let inserted = |e| StoreError::from_insert(e, "audit sequence number");
+    let updated: i64 = if postgres {
+        query
+            .fetch_one(tx.conn())
+            .await
+            .map_err(inserted)?
+            .try_get(0)?
+    } else {
+        query.execute(tx.conn()).await.map_err(inserted)?;
+        let updated =
+            sqlx::query("UPDATE audit_heads SET seq = $1, mac = $2 WHERE stream = $3 AND seq = $4")
+                .bind(event.seq)
+                .bind(&event.mac)
+                .bind(&event.stream)
+                .bind(event.seq - 1)
+                .execute(tx.conn())
+                .await?
+                .rows_affected();
+        i64::try_from(updated).unwrap_or(i64::MAX)
+    };
     if updated != 1 {
         return Err(StoreError::Corrupt(format!(
             "audit stream {} moved while locked",
