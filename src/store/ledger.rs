@@ -1,6 +1,8 @@
 //! SQL for accounts, journal entries, postings and idempotency outcomes.
 
-use sqlx::AnyConnection;
+use sqlx::any::AnyArguments;
+use sqlx::query::Query;
+use sqlx::{Any, AnyConnection, Row};
 
 use super::{Db, StoreError, WriteTx};
 
@@ -206,17 +208,40 @@ pub async fn update_account_head(
     Ok(())
 }
 
+type AnyQuery<'q> = Query<'q, Any, AnyArguments>;
+
+/// Binds an entry's seven columns in table order.
+fn bind_entry<'q>(query: AnyQuery<'q>, row: &'q EntryRow) -> AnyQuery<'q> {
+    query
+        .bind(row.id)
+        .bind(&row.kind)
+        .bind(row.initiator_user_id)
+        .bind(row.created_at)
+        .bind(row.message_enc.as_deref())
+        .bind(row.card_name_enc.as_deref())
+        .bind(&row.mac)
+}
+
+/// Binds a posting's eight columns in table order.
+fn bind_posting<'q>(query: AnyQuery<'q>, row: &'q PostingRow) -> AnyQuery<'q> {
+    query
+        .bind(row.account_id)
+        .bind(row.seq)
+        .bind(row.entry_id)
+        .bind(row.counterparty_account_id)
+        .bind(&row.amount_enc)
+        .bind(row.created_at)
+        .bind(&row.prev_mac)
+        .bind(&row.mac)
+}
+
 pub async fn insert_entry(tx: &mut WriteTx, row: &EntryRow) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO journal_entries (id, kind, initiator_user_id, created_at, message_enc, card_name_enc, mac) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    bind_entry(
+        sqlx::query(
+            "INSERT INTO journal_entries (id, kind, initiator_user_id, created_at, message_enc, card_name_enc, mac) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        ),
+        row,
     )
-    .bind(row.id)
-    .bind(&row.kind)
-    .bind(row.initiator_user_id)
-    .bind(row.created_at)
-    .bind(row.message_enc.as_deref())
-    .bind(row.card_name_enc.as_deref())
-    .bind(&row.mac)
     .execute(tx.conn())
     .await
     .map_err(|e| StoreError::from_insert(e, "journal entry"))?;
@@ -226,29 +251,14 @@ pub async fn insert_entry(tx: &mut WriteTx, row: &EntryRow) -> Result<(), StoreE
 /// Inserts the two postings of an entry in one statement.
 pub async fn insert_postings(tx: &mut WriteTx, rows: &[PostingRow; 2]) -> Result<(), StoreError> {
     let [a, b] = rows;
-    sqlx::query(
+    let query = sqlx::query(
         "INSERT INTO postings (account_id, seq, entry_id, counterparty_account_id, amount_enc, created_at, prev_mac, mac) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8), ($9, $10, $11, $12, $13, $14, $15, $16)",
-    )
-    .bind(a.account_id)
-    .bind(a.seq)
-    .bind(a.entry_id)
-    .bind(a.counterparty_account_id)
-    .bind(&a.amount_enc)
-    .bind(a.created_at)
-    .bind(&a.prev_mac)
-    .bind(&a.mac)
-    .bind(b.account_id)
-    .bind(b.seq)
-    .bind(b.entry_id)
-    .bind(b.counterparty_account_id)
-    .bind(&b.amount_enc)
-    .bind(b.created_at)
-    .bind(&b.prev_mac)
-    .bind(&b.mac)
-    .execute(tx.conn())
-    .await
-    .map_err(|e| StoreError::from_insert(e, "posting"))?;
+    );
+    bind_posting(bind_posting(query, a), b)
+        .execute(tx.conn())
+        .await
+        .map_err(|e| StoreError::from_insert(e, "posting"))?;
     Ok(())
 }
 
@@ -280,7 +290,7 @@ pub async fn write_entry(
     }
     let [a, b] = postings;
     let [h0, h1] = heads;
-    let (updated,): (i64,) = sqlx::query_as(
+    let query = sqlx::query(
         "WITH e AS (INSERT INTO journal_entries (id, kind, initiator_user_id, created_at, message_enc, card_name_enc, mac) \
                     VALUES ($1, $2, $3, $4, $5, $6, $7)), \
               p AS (INSERT INTO postings (account_id, seq, entry_id, counterparty_account_id, amount_enc, created_at, prev_mac, mac) \
@@ -289,41 +299,21 @@ pub async fn write_entry(
                     FROM (VALUES ($24, $25, $26, $27), ($28, $29, $30, $31)) AS v (id, balance_enc, seq, head_mac) \
                     WHERE accounts.id = v.id AND accounts.seq = v.seq - 1 RETURNING accounts.id) \
          SELECT COUNT(*) FROM u",
-    )
-    .bind(entry.id)
-    .bind(&entry.kind)
-    .bind(entry.initiator_user_id)
-    .bind(entry.created_at)
-    .bind(entry.message_enc.as_deref())
-    .bind(entry.card_name_enc.as_deref())
-    .bind(&entry.mac)
-    .bind(a.account_id)
-    .bind(a.seq)
-    .bind(a.entry_id)
-    .bind(a.counterparty_account_id)
-    .bind(&a.amount_enc)
-    .bind(a.created_at)
-    .bind(&a.prev_mac)
-    .bind(&a.mac)
-    .bind(b.account_id)
-    .bind(b.seq)
-    .bind(b.entry_id)
-    .bind(b.counterparty_account_id)
-    .bind(&b.amount_enc)
-    .bind(b.created_at)
-    .bind(&b.prev_mac)
-    .bind(&b.mac)
-    .bind(h0.id)
-    .bind(h0.balance_enc)
-    .bind(h0.seq)
-    .bind(h0.head_mac)
-    .bind(h1.id)
-    .bind(h1.balance_enc)
-    .bind(h1.seq)
-    .bind(h1.head_mac)
-    .fetch_one(tx.conn())
-    .await
-    .map_err(|e| StoreError::from_insert(e, "journal entry"))?;
+    );
+    let query = bind_posting(bind_posting(bind_entry(query, entry), a), b);
+    let updated: i64 = query
+        .bind(h0.id)
+        .bind(h0.balance_enc)
+        .bind(h0.seq)
+        .bind(h0.head_mac)
+        .bind(h1.id)
+        .bind(h1.balance_enc)
+        .bind(h1.seq)
+        .bind(h1.head_mac)
+        .fetch_one(tx.conn())
+        .await
+        .map_err(|e| StoreError::from_insert(e, "journal entry"))?
+        .try_get(0)?;
     if updated != 2 {
         return Err(StoreError::Corrupt(format!(
             "an account of entry {} moved while locked",
