@@ -10,6 +10,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::audit::AuditContext;
+use crate::auth::password::PasswordHasher;
 use crate::domain::{Amount, CardName, DepositAmount, Email, Password, Username};
 use crate::startup::Services;
 use crate::store::users as user_store;
@@ -41,7 +42,11 @@ fn failed(e: impl std::fmt::Display) -> SeedError {
     SeedError::Failed(e.to_string())
 }
 
-async fn create_one(services: &Services, index: u32) -> Result<SeededCustomer, SeedError> {
+async fn create_one(
+    services: &Services,
+    hasher: &PasswordHasher,
+    index: u32,
+) -> Result<SeededCustomer, SeedError> {
     let username = format!("customer{index:05}");
     let email = format!("{username}@example.com");
     let password_text = format!(
@@ -51,7 +56,7 @@ async fn create_one(services: &Services, index: u32) -> Result<SeededCustomer, S
     );
     let password = Password::parse_new(&password_text, &username, &email).map_err(failed)?;
     let hash = loop {
-        match services.hasher.hash(&password).await {
+        match hasher.hash(&password).await {
             Ok(hash) => break hash,
             Err(crate::auth::password::HashError::Busy) => tokio::task::yield_now().await,
             Err(e) => return Err(failed(e)),
@@ -93,6 +98,8 @@ pub async fn seed(
         return Err(SeedError::NotEmpty);
     }
     let customers = customers.clamp(1, SEED_CUSTOMERS_MAX);
+    // No pages to serve: hash on every core (the server's hasher leaves one free).
+    let hasher = PasswordHasher::for_batch(services.config.argon2).map_err(failed)?;
     let parallel = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
@@ -103,8 +110,8 @@ pub async fn seed(
         let batch_end = (next + parallel as u32 - 1).min(customers);
         let mut tasks = tokio::task::JoinSet::new();
         for index in next..=batch_end {
-            let services = services.clone();
-            tasks.spawn(async move { (index, create_one(&services, index).await) });
+            let (services, hasher) = (services.clone(), hasher.clone());
+            tasks.spawn(async move { (index, create_one(&services, &hasher, index).await) });
         }
         let mut batch = Vec::new();
         while let Some(joined) = tasks.join_next().await {

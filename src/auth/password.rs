@@ -85,6 +85,12 @@ fn lower_priority() {
     }
 }
 
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
 /// `workers` threads; the channel has room for every admitted job (see `PasswordHasher::run`).
 fn start_workers(workers: usize) -> Result<std::sync::mpsc::SyncSender<Job>, HashError> {
     let (sender, receiver) = std::sync::mpsc::sync_channel::<Job>(workers + ARGON2_QUEUE_DEPTH_MAX);
@@ -109,15 +115,20 @@ fn start_workers(workers: usize) -> Result<std::sync::mpsc::SyncSender<Job>, Has
 }
 
 impl PasswordHasher {
+    /// The server's hasher: one hashing thread per core but one (at least one), so under a
+    /// flood of logins a core stays free for pages, the database and the rest of the server.
     pub fn new(cost: Argon2Cost) -> Result<Self, HashError> {
+        Self::with_threads(cost, cores().saturating_sub(1).max(1))
+    }
+
+    /// A hasher with one thread per core, for batch work that serves no pages (`alphabank seed`).
+    pub fn for_batch(cost: Argon2Cost) -> Result<Self, HashError> {
+        Self::with_threads(cost, cores())
+    }
+
+    fn with_threads(cost: Argon2Cost, threads: usize) -> Result<Self, HashError> {
         let params = Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None)
             .map_err(|e| HashError::Internal(e.to_string()))?;
-        // One hashing thread per core but one (at least one): under a flood of logins a core
-        // stays free for pages, the database and the rest of the server.
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        let threads = cores.saturating_sub(1).max(1);
         // A hash of a random password: verified for unknown emails so timing reveals nothing.
         let salt = SaltString::generate(&mut rand::rngs::OsRng);
         let random = hex::encode(crate::crypto::random_bytes::<16>());
