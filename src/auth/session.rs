@@ -6,6 +6,7 @@ use crate::audit::{AuditContext, AuditEvent};
 use crate::crypto::{Aad, random_bytes, sha256};
 use crate::startup::Services;
 use crate::store::StoreError;
+use crate::store::ledger::AccountRow;
 use crate::store::sessions::{self as session_store, SessionRow};
 
 pub const SESSION_COOKIE: &str = "__Host-alphabank";
@@ -42,6 +43,9 @@ pub struct Session {
     pub flash: Option<String>,
     /// The customer's username (read with the session; usernames never change).
     pub username: String,
+    /// The customer's account as of the start of the request (read with the session, so the
+    /// home page needs no second read). Money movements lock and re-read it; never write from it.
+    pub account: Option<Box<AccountRow>>,
 }
 
 impl From<SessionRow> for Session {
@@ -59,6 +63,7 @@ impl From<SessionRow> for Session {
             last_seen_at: row.last_seen_at,
             flash: row.flash,
             username: String::new(),
+            account: None,
         }
     }
 }
@@ -148,7 +153,12 @@ pub async fn lookup(
         return Ok(Lookup::None);
     }
     let id_hash = hash_cookie(cookie_value);
-    let Some((row, username)) = session_store::find(&services.db, &id_hash).await? else {
+    let Some(session_store::Found {
+        row,
+        username,
+        account,
+    }) = session_store::find(&services.db, &id_hash).await?
+    else {
         return Ok(Lookup::None);
     };
     let now = crate::now_millis();
@@ -185,6 +195,7 @@ pub async fn lookup(
     }
     Ok(Lookup::Live(Session {
         username,
+        account: account.map(Box::new),
         ..Session::from(row)
     }))
 }

@@ -540,6 +540,32 @@ impl Ledger {
         let account = ledger_store::account_of_user(&self.db, user_id)
             .await?
             .ok_or(LedgerError::NoAccount)?;
+        self.history_of(account, page, rows_per_page).await
+    }
+
+    /// [`Ledger::history`] starting from the customer's account row if it was already read (with
+    /// the session: one read less); reads it otherwise.
+    pub async fn history_with(
+        &self,
+        user_id: i64,
+        account: Option<AccountRow>,
+        page: u32,
+        rows_per_page: u32,
+    ) -> Result<HistoryPage, LedgerError> {
+        match account {
+            Some(account) if account.user_id == Some(user_id) => {
+                self.history_of(account, page, rows_per_page).await
+            }
+            _ => self.history(user_id, page, rows_per_page).await,
+        }
+    }
+
+    async fn history_of(
+        &self,
+        account: AccountRow,
+        page: u32,
+        rows_per_page: u32,
+    ) -> Result<HistoryPage, LedgerError> {
         let per_page = i64::from(rows_per_page.max(1));
         let total = account.seq;
         let last_page =

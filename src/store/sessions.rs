@@ -1,5 +1,8 @@
 //! SQL for server-side sessions, recovery codes and per-IP login throttling.
 
+use sqlx::Row;
+
+use super::ledger::AccountRow;
 use super::{Db, StoreError, WriteTx};
 
 #[derive(Debug, Clone)]
@@ -81,35 +84,58 @@ pub async fn insert(
     Ok(ended)
 }
 
-/// The session and its customer's username (one statement: every page needs both).
-pub async fn find(db: &Db, id_hash: &str) -> Result<Option<(SessionRow, String)>, StoreError> {
-    type Joined = (
-        String,
-        i64,
-        String,
-        String,
-        i64,
-        i64,
-        Option<String>,
-        Option<String>,
-        Option<Vec<u8>>,
-        Option<String>,
-        Option<String>,
-    );
-    let row: Option<Joined> = sqlx::query_as(
+/// A session as read for a request: the row, its customer's username and account.
+pub struct Found {
+    pub row: SessionRow,
+    pub username: String,
+    /// The customer's account as of this read (none before enrolment finished creating it).
+    pub account: Option<AccountRow>,
+}
+
+/// The session, its customer's username and account, in one statement: every page needs the
+/// first two and the home page the third, which then costs no second round trip.
+pub async fn find(db: &Db, id_hash: &str) -> Result<Option<Found>, StoreError> {
+    let row = sqlx::query(
         "SELECT s.id_hash, s.user_id, s.stage, s.csrf_token, s.created_at, s.last_seen_at, \
-         s.client_ip, s.user_agent, s.recovery_codes_enc, s.flash, u.username \
-         FROM sessions s LEFT JOIN users u ON u.id = s.user_id WHERE s.id_hash = $1",
+         s.client_ip, s.user_agent, s.recovery_codes_enc, s.flash, u.username, \
+         a.id, a.kind, a.balance_enc, a.seq, a.head_mac \
+         FROM sessions s LEFT JOIN users u ON u.id = s.user_id \
+         LEFT JOIN accounts a ON a.user_id = s.user_id WHERE s.id_hash = $1",
     )
     .bind(id_hash)
     .fetch_optional(db.pool())
     .await?;
-    Ok(row.map(|t| {
-        let username = t.10.unwrap_or_default();
-        (
-            session((t.0, t.1, t.2, t.3, t.4, t.5, t.6, t.7, t.8, t.9)),
-            username,
-        )
+    let Some(r) = row else {
+        return Ok(None);
+    };
+    let user_id: i64 = r.try_get(1)?;
+    let account_id: Option<i64> = r.try_get(11)?;
+    let account = match account_id {
+        Some(id) => Some(AccountRow {
+            id,
+            user_id: Some(user_id),
+            kind: r.try_get(12)?,
+            balance_enc: r.try_get(13)?,
+            seq: r.try_get(14)?,
+            head_mac: r.try_get(15)?,
+        }),
+        None => None,
+    };
+    Ok(Some(Found {
+        row: session((
+            r.try_get(0)?,
+            user_id,
+            r.try_get(2)?,
+            r.try_get(3)?,
+            r.try_get(4)?,
+            r.try_get(5)?,
+            r.try_get(6)?,
+            r.try_get(7)?,
+            r.try_get(8)?,
+            r.try_get(9)?,
+        )),
+        username: r.try_get::<Option<String>, _>(10)?.unwrap_or_default(),
+        account,
     }))
 }
 

@@ -90,9 +90,14 @@ pub async fn index(
         }
         SessionState::Live(session) => {
             let user_id = session.user_id;
-            // One account read serves the balance and the recent rows.
-            let (balance, rows) = match services.ledger.history(user_id, 1, HOME_RECENT_ROWS).await
-            {
+            // The account row read with the session serves the balance and the recent rows.
+            let history = services.ledger.history_with(
+                user_id,
+                session.account.as_deref().cloned(),
+                1,
+                HOME_RECENT_ROWS,
+            );
+            let (balance, rows) = match history.await {
                 Ok(page) => (page.balance, page.rows.into_iter().map(Row::from).collect()),
                 Err(error) => return internal(&context.request_id, error),
             };

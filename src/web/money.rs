@@ -718,7 +718,12 @@ pub async fn history(State(services): State<Services>, user: CurrentUser, uri: U
     };
     match services
         .ledger
-        .history(user.session.user_id, page, HISTORY_PAGE_ROWS)
+        .history_with(
+            user.session.user_id,
+            user.session.account.as_deref().cloned(),
+            page,
+            HISTORY_PAGE_ROWS,
+        )
         .await
     {
         Ok(history) => {
