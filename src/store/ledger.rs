@@ -182,27 +182,34 @@ pub async fn accounts_after(
     Ok(rows.into_iter().map(account).collect())
 }
 
-pub async fn update_account_head(
+/// Both account heads of an entry in one statement (SQLite; PostgreSQL folds it into
+/// [`write_entry`]'s). Each must still be at the `seq` before its new one.
+async fn update_account_heads(
     tx: &mut WriteTx,
-    id: i64,
-    balance_enc: &[u8],
-    seq: i64,
-    head_mac: &[u8],
+    heads: [AccountHead<'_>; 2],
 ) -> Result<(), StoreError> {
+    let [h0, h1] = heads;
     let updated = sqlx::query(
-        "UPDATE accounts SET balance_enc = $1, seq = $2, head_mac = $3 WHERE id = $4 AND seq = $5",
+        "UPDATE accounts SET balance_enc = v.balance_enc, seq = v.seq, head_mac = v.head_mac \
+         FROM (SELECT $1 AS id, $2 AS balance_enc, $3 AS seq, $4 AS head_mac \
+               UNION ALL SELECT $5, $6, $7, $8) AS v \
+         WHERE accounts.id = v.id AND accounts.seq = v.seq - 1",
     )
-    .bind(balance_enc)
-    .bind(seq)
-    .bind(head_mac)
-    .bind(id)
-    .bind(seq - 1)
+    .bind(h0.id)
+    .bind(h0.balance_enc)
+    .bind(h0.seq)
+    .bind(h0.head_mac)
+    .bind(h1.id)
+    .bind(h1.balance_enc)
+    .bind(h1.seq)
+    .bind(h1.head_mac)
     .execute(tx.conn())
     .await?
     .rows_affected();
-    if updated != 1 {
+    if updated != 2 {
         return Err(StoreError::Corrupt(format!(
-            "account {id} moved while locked"
+            "account {} or {} moved while locked",
+            h0.id, h1.id
         )));
     }
     Ok(())
@@ -272,7 +279,7 @@ pub struct AccountHead<'a> {
 
 /// Writes an entry, its two postings and the two account heads. On PostgreSQL in one statement
 /// (a data-modifying `WITH`: one round trip instead of four, the foreign keys checked at its end);
-/// on SQLite, whose statements run in-process, as four. Either way an account whose head moved
+/// on SQLite, which has no data-modifying `WITH`, as three. Either way an account whose head moved
 /// while locked is an error and the transaction must roll back.
 pub async fn write_entry(
     tx: &mut WriteTx,
@@ -283,9 +290,7 @@ pub async fn write_entry(
     if tx.conn().backend_name() != "PostgreSQL" {
         insert_entry(tx, entry).await?;
         insert_postings(tx, postings).await?;
-        for head in heads {
-            update_account_head(tx, head.id, head.balance_enc, head.seq, head.head_mac).await?;
-        }
+        update_account_heads(tx, heads).await?;
         return Ok(());
     }
     let [a, b] = postings;
