@@ -26,26 +26,47 @@ impl Money {
 
 /// Norwegian format: `1 234,50 kr`, `-12,00 kr`.
 impl fmt::Display for Money {
+    /// `-1 234,50 kr`: groups of three digits split by a space, a decimal comma. Built in one
+    /// small buffer without the formatting machinery: a history page shows eleven of them.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let negative = self.0 < 0;
         let abs = self.0.unsigned_abs();
-        let kroner = (abs / 100).to_string();
-        let ore = abs % 100;
-        let mut grouped = String::with_capacity(kroner.len() + kroner.len() / 3);
-        for (i, digit) in kroner.chars().enumerate() {
-            if i > 0 && (kroner.len() - i).is_multiple_of(3) {
-                grouped.push(' ');
-            }
-            grouped.push(digit);
+        let (kroner, ore) = (abs / 100, abs % 100);
+        // Longest: "-92 233 720 368 547 758,08 kr" (29 bytes).
+        let mut out = String::with_capacity(32);
+        if self.0 < 0 {
+            out.push('-');
         }
-        write!(
-            f,
-            "{}{},{:02} kr",
-            if negative { "-" } else { "" },
-            grouped,
-            ore
-        )
+        let mut divisor = 1u64;
+        while kroner / divisor >= 1000 {
+            divisor *= 1000;
+        }
+        push_digits(&mut out, kroner / divisor, false);
+        while divisor > 1 {
+            divisor /= 1000;
+            out.push(' ');
+            push_digits(&mut out, kroner / divisor % 1000, true);
+        }
+        out.push(',');
+        push_digit(&mut out, ore / 10);
+        push_digit(&mut out, ore % 10);
+        out.push_str(" kr");
+        f.write_str(&out)
     }
+}
+
+/// `group` (below 1000) in decimal; `full` pads it to three digits.
+fn push_digits(out: &mut String, group: u64, full: bool) {
+    if full || group >= 100 {
+        push_digit(out, group / 100);
+    }
+    if full || group >= 10 {
+        push_digit(out, group / 10 % 10);
+    }
+    push_digit(out, group % 10);
+}
+
+fn push_digit(out: &mut String, digit: u64) {
+    out.push(char::from(b'0' + (digit % 10) as u8));
 }
 
 /// A positive amount entered by a customer: `^[0-9]{1,9}([.,][0-9]{1,2})?$`, greater than zero.
@@ -209,6 +230,11 @@ mod tests {
     fn formats_as_norwegian_kroner() {
         assert_eq!(Money::from_minor(123_450).to_string(), "1 234,50 kr");
         assert_eq!(Money::from_minor(5).to_string(), "0,05 kr");
+        assert_eq!(Money::from_minor(0).to_string(), "0,00 kr");
+        assert_eq!(Money::from_minor(10_000).to_string(), "100,00 kr");
+        assert_eq!(Money::from_minor(100_000).to_string(), "1 000,00 kr");
+        assert_eq!(Money::from_minor(1_200_300_405).to_string(), "12 003 004,05 kr");
+        assert_eq!(Money::from_minor(-7).to_string(), "-0,07 kr");
         assert_eq!(
             Money::from_minor(-100_000_000).to_string(),
             "-1 000 000,00 kr"
