@@ -233,7 +233,10 @@ mod tests {
         assert_eq!(Money::from_minor(0).to_string(), "0,00 kr");
         assert_eq!(Money::from_minor(10_000).to_string(), "100,00 kr");
         assert_eq!(Money::from_minor(100_000).to_string(), "1 000,00 kr");
-        assert_eq!(Money::from_minor(1_200_300_405).to_string(), "12 003 004,05 kr");
+        assert_eq!(
+            Money::from_minor(1_200_300_405).to_string(),
+            "12 003 004,05 kr"
+        );
         assert_eq!(Money::from_minor(-7).to_string(), "-0,07 kr");
         assert_eq!(
             Money::from_minor(-100_000_000).to_string(),
