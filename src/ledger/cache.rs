@@ -42,6 +42,7 @@ pub(crate) struct RowCache {
     inner: Arc<Mutex<Generations>>,
 }
 
+// Never prints the rows: they are plaintext amounts and messages.
 impl std::fmt::Debug for RowCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("RowCache")

@@ -189,23 +189,16 @@ async fn update_account_heads(
     heads: [AccountHead<'_>; 2],
 ) -> Result<(), StoreError> {
     let [h0, h1] = heads;
-    let updated = sqlx::query(
+    let query = sqlx::query(
         "UPDATE accounts SET balance_enc = v.balance_enc, seq = v.seq, head_mac = v.head_mac \
          FROM (SELECT $1 AS id, $2 AS balance_enc, $3 AS seq, $4 AS head_mac \
                UNION ALL SELECT $5, $6, $7, $8) AS v \
          WHERE accounts.id = v.id AND accounts.seq = v.seq - 1",
-    )
-    .bind(h0.id)
-    .bind(h0.balance_enc)
-    .bind(h0.seq)
-    .bind(h0.head_mac)
-    .bind(h1.id)
-    .bind(h1.balance_enc)
-    .bind(h1.seq)
-    .bind(h1.head_mac)
-    .execute(tx.conn())
-    .await?
-    .rows_affected();
+    );
+    let updated = bind_head(bind_head(query, &h0), &h1)
+        .execute(tx.conn())
+        .await?
+        .rows_affected();
     if updated != 2 {
         return Err(StoreError::Corrupt(format!(
             "account {} or {} moved while locked",
@@ -227,6 +220,15 @@ fn bind_entry<'q>(query: AnyQuery<'q>, row: &'q EntryRow) -> AnyQuery<'q> {
         .bind(row.message_enc.as_deref())
         .bind(row.card_name_enc.as_deref())
         .bind(&row.mac)
+}
+
+/// Binds an account head's four values: id, sealed balance, seq, head MAC.
+fn bind_head<'q>(query: AnyQuery<'q>, head: &AccountHead<'q>) -> AnyQuery<'q> {
+    query
+        .bind(head.id)
+        .bind(head.balance_enc)
+        .bind(head.seq)
+        .bind(head.head_mac)
 }
 
 /// Binds a posting's eight columns in table order.
@@ -306,15 +308,7 @@ pub async fn write_entry(
          SELECT COUNT(*) FROM u",
     );
     let query = bind_posting(bind_posting(bind_entry(query, entry), a), b);
-    let updated: i64 = query
-        .bind(h0.id)
-        .bind(h0.balance_enc)
-        .bind(h0.seq)
-        .bind(h0.head_mac)
-        .bind(h1.id)
-        .bind(h1.balance_enc)
-        .bind(h1.seq)
-        .bind(h1.head_mac)
+    let updated: i64 = bind_head(bind_head(query, &h0), &h1)
         .fetch_one(tx.conn())
         .await
         .map_err(|e| StoreError::from_insert(e, "journal entry"))?
