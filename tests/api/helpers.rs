@@ -448,11 +448,14 @@ impl Customer {
 impl Customer {
     /// GETs a money form and returns its hidden fields (csrf_token, idempotency_key).
     pub async fn form_keys(&self, page: &str) -> (String, String) {
-        let html = self.get(page).await.text().await.unwrap();
-        (
-            input_value(&html, "csrf_token").expect("csrf"),
-            input_value(&html, "idempotency_key").expect("idempotency key"),
-        )
+        let response = self.get(page).await;
+        let status = response.status();
+        let html = response.text().await.unwrap();
+        let field = |name| {
+            input_value(&html, name)
+                .unwrap_or_else(|| panic!("no {name} in GET {page} ({status}): {html:.600}"))
+        };
+        (field("csrf_token"), field("idempotency_key"))
     }
 
     pub async fn post(&self, action: &str, fields: &[(&str, &str)]) -> reqwest::Response {
