@@ -184,12 +184,12 @@ async fn login_failures_look_identical_whatever_was_wrong() {
         (
             "nobody@example.no".to_string(),
             kari.password.clone(),
-            kari.next_code(),
+            kari.next_code().await,
         ),
         (
             kari.email.clone(),
             "wrong password entirely 1".to_string(),
-            kari.next_code(),
+            kari.next_code().await,
         ),
         (
             kari.email.clone(),
@@ -243,7 +243,7 @@ async fn login_failures_look_identical_whatever_was_wrong() {
 async fn a_code_is_accepted_once_and_concurrent_use_lets_one_win() {
     let app = spawn_app().await;
     let kari = app.customer("kari").await;
-    let code = kari.next_code();
+    let code = kari.next_code().await;
     let post = |client: reqwest::Client, csrf: String| {
         let (base, email, password, code) = (
             app.base.clone(),
@@ -540,7 +540,7 @@ async fn revoke_others_and_password_change_end_the_other_sessions() {
         )
         .await;
     assert_eq!(wrong.status(), 401);
-    let code = kari.next_code();
+    let code = kari.next_code().await;
     let ok = kari
         .submit(
             "/settings",

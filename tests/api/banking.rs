@@ -153,7 +153,7 @@ async fn every_transfer_refusal_moves_nothing_keeps_input_and_is_audited() {
         if needs_code {
             codes_left -= 1;
             fields.retain(|(k, _)| *k != "otp");
-            fields.push(("otp", sender.next_code()));
+            fields.push(("otp", sender.next_code().await));
         }
         for (k, v) in &case.fields {
             fields.retain(|(name, _)| name != k);
@@ -223,7 +223,7 @@ async fn atm_refusals_and_the_ceiling() {
         assert_eq!(r.status().as_u16(), status, "{amount} {card}");
         assert!(text(r).await.contains(message), "{amount}");
     }
-    let code = kari.next_code();
+    let code = kari.next_code().await;
     let r = kari
         .post(
             "/atm",
@@ -247,7 +247,7 @@ async fn atm_refusals_and_the_ceiling() {
                 ("amount", "10000"),
                 ("username", "KARI"),
                 ("card_name", "Visa"),
-                ("otp", &kari.next_code()),
+                ("otp", &kari.next_code().await),
             ],
         )
         .await;
@@ -264,7 +264,7 @@ async fn resubmitting_a_form_moves_money_once_and_shows_the_first_receipt() {
     let app = spawn_app().await;
     let kari = app.customer("kari").await;
     let (csrf, key) = kari.form_keys("/atm").await;
-    let code = kari.next_code();
+    let code = kari.next_code().await;
     let fields = [
         ("csrf_token", csrf.as_str()),
         ("idempotency_key", key.as_str()),
@@ -439,7 +439,7 @@ async fn a_refused_transfer_spends_its_code_in_the_same_commit_as_its_audit_even
     let kari = app.customer("kari").await;
     let _ola = app.customer("ola").await;
     let (csrf, key) = kari.form_keys("/transfer").await;
-    let code = kari.next_code();
+    let code = kari.next_code().await;
     let fields = [
         ("csrf_token", csrf.as_str()),
         ("idempotency_key", key.as_str()),

@@ -246,30 +246,41 @@ pub fn now_step() -> i64 {
     alphabank::auth::totp::current_step(alphabank::now_millis() / 1000)
 }
 
-impl Customer {
-    /// A fresh code whose step is after every step this customer used (no replay), within ±1.
-    pub fn next_code(&self) -> String {
-        loop {
-            let now_secs = alphabank::now_millis() / 1000;
-            let now = alphabank::auth::totp::current_step(now_secs);
-            // A code of the previous step stops being accepted when this step ends; late in a
-            // step, a slow request (a browser typing) could arrive after that, so start from now.
-            let oldest = if now_secs.rem_euclid(30) < 20 {
-                now - 1
-            } else {
-                now
-            };
-            let step = (self.last_step.get() + 1).max(oldest);
-            if step <= now + 1 {
-                self.last_step.set(step);
-                return format!("{:06}", self.secret.code_at_step(step));
-            }
-            // This window's codes are spent: the next one becomes valid at the next step.
-            let wait_millis = 30_000 - alphabank::now_millis().rem_euclid(30_000) + 250;
-            std::thread::sleep(std::time::Duration::from_millis(
-                u64::try_from(wait_millis).unwrap_or(0),
-            ));
+/// The step of a customer's next one-time code: after every step they used (the server refuses
+/// a replay) and within the ±1 step window the server accepts. When this window's codes are
+/// spent, it waits for the next step on the runtime's clock, never blocking the thread: the
+/// app under test may run on the same thread, and a blocked thread would stall its requests
+/// (and fire their timeouts) for up to a step.
+pub async fn next_step(last_step: &std::cell::Cell<i64>) -> i64 {
+    loop {
+        let now_secs = alphabank::now_millis() / 1000;
+        let now = alphabank::auth::totp::current_step(now_secs);
+        // A code of the previous step stops being accepted when this step ends; late in a
+        // step, a slow request (a browser typing) could arrive after that, so start from now.
+        let oldest = if now_secs.rem_euclid(30) < 20 {
+            now - 1
+        } else {
+            now
+        };
+        let step = (last_step.get() + 1).max(oldest);
+        if step <= now + 1 {
+            last_step.set(step);
+            return step;
         }
+        // This window's codes are spent: the next one becomes valid at the next step.
+        let wait_millis = 30_000 - alphabank::now_millis().rem_euclid(30_000) + 250;
+        tokio::time::sleep(std::time::Duration::from_millis(
+            u64::try_from(wait_millis).unwrap_or(0),
+        ))
+        .await;
+    }
+}
+
+impl Customer {
+    /// A fresh code (see [`next_step`]).
+    pub async fn next_code(&self) -> String {
+        let step = next_step(&self.last_step).await;
+        format!("{:06}", self.secret.code_at_step(step))
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
@@ -300,7 +311,7 @@ impl Customer {
     }
 
     pub async fn login(&self) -> reqwest::Response {
-        let code = self.next_code();
+        let code = self.next_code().await;
         self.submit(
             "/login",
             "/login",
@@ -404,7 +415,7 @@ impl TestApp {
             base: self.base.clone(),
             last_step: std::rc::Rc::new(std::cell::Cell::new(i64::MIN / 2)),
         };
-        let code = customer.next_code();
+        let code = customer.next_code().await;
         let csrf = input_value(&setup, "csrf_token").expect("csrf");
         let confirmed = customer
             .client
@@ -470,7 +481,7 @@ impl Customer {
     /// An ATM deposit through the form, with a fresh code.
     pub async fn deposit(&self, amount: &str) -> reqwest::Response {
         let (csrf, key) = self.form_keys("/atm").await;
-        let code = self.next_code();
+        let code = self.next_code().await;
         self.post(
             "/atm",
             &[
@@ -488,7 +499,7 @@ impl Customer {
     /// A transfer through the form, with a fresh code.
     pub async fn transfer(&self, to: &str, amount: &str, message: &str) -> reqwest::Response {
         let (csrf, key) = self.form_keys("/transfer").await;
-        let code = self.next_code();
+        let code = self.next_code().await;
         self.post(
             "/transfer",
             &[

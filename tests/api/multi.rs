@@ -140,7 +140,7 @@ async fn a_code_accepted_on_a_is_refused_on_b() {
     let b = second_instance(&a).await;
     let kari_a = a.customer("kari").await;
     let kari_b = on(&kari_a, &b.base);
-    let code = kari_a.next_code();
+    let code = kari_a.next_code().await;
     let (csrf, k) = kari_a.form_keys("/atm").await;
     assert_eq!(status(&atm(&kari_a, &csrf, &k, &code).await), 303);
     let (csrf, k) = kari_b.form_keys("/atm").await;
@@ -163,7 +163,7 @@ async fn the_same_idempotency_key_on_a_and_b_at_once_moves_money_once() {
     let kari_id = kari_a.user_id(&a.services).await;
     deposit(&a.services, kari_id, "1000").await;
     let (csrf, k) = kari_a.form_keys("/transfer").await;
-    let (code1, code2) = (kari_a.next_code(), kari_a.next_code());
+    let (code1, code2) = (kari_a.next_code().await, kari_a.next_code().await);
     let fields = |code: &str| {
         vec![
             ("csrf_token".to_string(), csrf.clone()),
@@ -212,7 +212,7 @@ async fn of_two_transfers_the_balance_covers_once_exactly_one_succeeds() {
     // Through the web: one transfer to A, one to B, at the same moment.
     let (csrf_a, key_a) = kari_a.form_keys("/transfer").await;
     let (csrf_b, key_b) = kari_b.form_keys("/transfer").await;
-    let (code1, code2) = (kari_a.next_code(), kari_a.next_code());
+    let (code1, code2) = (kari_a.next_code().await, kari_a.next_code().await);
     let fields = |csrf: &str, k: &str, code: &str| {
         vec![
             ("csrf_token".to_string(), csrf.to_string()),
@@ -467,7 +467,7 @@ async fn sigkill_of_a_mid_stream_loses_no_acknowledged_transfer_and_b_keeps_serv
                     },
                     Err(_) => break,
                 };
-                let code = c.next_code();
+                let code = c.next_code().await;
                 let amount = "10";
                 let sent = c
                     .client

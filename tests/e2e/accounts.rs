@@ -29,7 +29,7 @@ async fn sign_up_enrol_log_out_and_log_in_again() {
     b.click("main a[href=\"/login\"]").await;
     b.wait_for_location("/login").await;
     assert_has_captcha(&b, "form[action=\"/login\"]").await;
-    let code = ingrid.authenticator.next_code();
+    let code = ingrid.authenticator.next_code().await;
     log_in(&mut b, &ingrid.email, &ingrid.password, &code, "login").await;
     assert_eq!(balance_minor(&b).await, 0);
     b.shot("home-after-login").await;

@@ -264,28 +264,10 @@ impl Authenticator {
         }
     }
 
-    pub fn next_code(&self) -> String {
-        loop {
-            let now_secs = alphabank::now_millis() / 1000;
-            let now = alphabank::auth::totp::current_step(now_secs);
-            // A code of the previous step stops being accepted when this step ends; late in a
-            // step, a slow request (a browser typing) could arrive after that, so start from now.
-            let oldest = if now_secs.rem_euclid(30) < 20 {
-                now - 1
-            } else {
-                now
-            };
-            let step = (self.last_step.get() + 1).max(oldest);
-            if step <= now + 1 {
-                self.last_step.set(step);
-                return format!("{:06}", self.secret.code_at_step(step));
-            }
-            // This window's codes are spent: the next one becomes valid at the next step.
-            let wait_millis = 30_000 - alphabank::now_millis().rem_euclid(30_000) + 250;
-            std::thread::sleep(std::time::Duration::from_millis(
-                u64::try_from(wait_millis).unwrap_or(0),
-            ));
-        }
+    /// A fresh code (see [`crate::helpers::next_step`]).
+    pub async fn next_code(&self) -> String {
+        let step = crate::helpers::next_step(&self.last_step).await;
+        format!("{:06}", self.secret.code_at_step(step))
     }
 }
 

@@ -32,7 +32,7 @@ pub async fn sign_up_and_enrol(b: &mut Browser, username: &str) -> Person {
     let secret = b.text("#totp-secret").await;
     let authenticator = Authenticator::from_base32(&secret);
     b.shot("2fa-setup").await;
-    b.type_into("#otp", &authenticator.next_code()).await;
+    b.type_into("#otp", &authenticator.next_code().await).await;
     b.submit("form[action=\"/2fa/setup\"]").await;
 
     b.wait_for_location("/2fa/recovery").await;

@@ -21,7 +21,7 @@ async fn history_pages_forward_and_back_on_a_phone() {
     let mut b = Browser::launch(&app.base, &app.dir.path().join("tls-cert.pem"), 40, PHONE).await;
     b.open("/login").await;
     assert_eq!(b.viewport_width().await, u64::from(PHONE.0), "phone width");
-    let code = henrik.next_code();
+    let code = henrik.next_code().await;
     log_in(
         &mut b,
         &henrik.email,

@@ -28,7 +28,8 @@ async fn deposit_then_transfer_with_a_hostile_message_shown_escaped() {
     b.type_into("#amount", "500").await;
     b.type_into("#username", &astrid.username).await;
     b.type_into("#card_name", "Astrid Visa").await;
-    b.type_into("#otp", &astrid.authenticator.next_code()).await;
+    b.type_into("#otp", &astrid.authenticator.next_code().await)
+        .await;
     b.shot("atm").await;
     b.submit("form[action=\"/atm\"]").await;
     b.wait_to_leave("/atm").await;
@@ -45,7 +46,8 @@ async fn deposit_then_transfer_with_a_hostile_message_shown_escaped() {
     b.type_into("#to_username", &bjorn.username.to_uppercase())
         .await;
     b.type_into("#message", HOSTILE).await;
-    b.type_into("#otp", &astrid.authenticator.next_code()).await;
+    b.type_into("#otp", &astrid.authenticator.next_code().await)
+        .await;
     b.shot("transfer").await;
     b.submit("form[action=\"/transfer\"]").await;
     b.wait_to_leave("/transfer").await;
@@ -58,7 +60,7 @@ async fn deposit_then_transfer_with_a_hostile_message_shown_escaped() {
     // The receiver sees the message as text.
     log_out(&mut b).await;
     b.open("/login").await;
-    let code = bjorn.authenticator.next_code();
+    let code = bjorn.authenticator.next_code().await;
     log_in(
         &mut b,
         &bjorn.email,
