@@ -121,20 +121,37 @@ pub async fn totp_candidate_step(
     user_id: i64,
     code: &str,
 ) -> Result<Option<i64>, AuthError> {
-    let Some(code) = totp::parse_code(code) else {
+    if totp::parse_code(code).is_none() {
         return Ok(None);
-    };
+    }
     let user = user_store::auth_by_id(&services.db, user_id)
         .await?
         .ok_or(AuthError::LoginFailed)?;
-    let Some(sealed) = user.totp_secret_enc else {
+    totp_step_of(
+        services,
+        user_id,
+        code,
+        user.totp_secret_enc.as_deref(),
+        user.totp_last_step,
+    )
+}
+
+/// [`totp_candidate_step`] from the customer's sealed secret and last step, already read.
+pub fn totp_step_of(
+    services: &Services,
+    user_id: i64,
+    code: &str,
+    sealed_secret: Option<&[u8]>,
+    last_step: i64,
+) -> Result<Option<i64>, AuthError> {
+    let (Some(code), Some(sealed)) = (totp::parse_code(code), sealed_secret) else {
         return Ok(None);
     };
-    let secret = TotpSecret::from_bytes(&services.keyring.open(&totp_aad(user_id), &sealed)?);
+    let secret = TotpSecret::from_bytes(&services.keyring.open(&totp_aad(user_id), sealed)?);
     let now_secs = crate::now_millis() / 1_000;
     Ok(secret
         .matching_step(&code, now_secs)
-        .filter(|step| *step > user.totp_last_step))
+        .filter(|step| *step > last_step))
 }
 
 /// Confirms enrollment with a first code: the account becomes usable, ten recovery codes are

@@ -227,20 +227,42 @@ impl Ledger {
         let account = ledger_store::account_of_user(&self.db, user_id)
             .await?
             .ok_or(LedgerError::NoAccount)?;
+        self.balance_of(&account)
+    }
+
+    fn balance_of(&self, account: &AccountRow) -> Result<Money, LedgerError> {
         Ok(Money::from_minor(self.keyring.open_i64(
             &balance_aad(account.id),
             &account.balance_enc,
         )?))
     }
 
-    /// The entry a customer's idempotency key already produced, if any (checked before anything
-    /// else on a money form, so a resubmission gets the first receipt whatever it carries).
-    pub async fn replayed_entry(
+    /// [`Ledger::balance`] from the customer's account row if it was already read (with the
+    /// session); reads it otherwise.
+    pub async fn balance_with(
+        &self,
+        user_id: i64,
+        account: Option<&AccountRow>,
+    ) -> Result<Money, LedgerError> {
+        match account {
+            Some(account) if account.user_id == Some(user_id) => self.balance_of(account),
+            _ => self.balance(user_id).await,
+        }
+    }
+
+    /// A money form's reads before its write transaction, in one statement: whether the
+    /// customer's idempotency key already produced an entry (checked before anything else, so a
+    /// resubmission gets the first receipt whatever it carries), their TOTP state, and the
+    /// receiver of a transfer (usernames never change hands, so this read may come first).
+    pub async fn movement_reads(
         &self,
         user_id: i64,
         key: &IdempotencyKey,
-    ) -> Result<Option<i64>, LedgerError> {
-        Ok(ledger_store::idempotent_entry_db(&self.db, user_id, key.as_str()).await?)
+        receiver_key: Option<&str>,
+    ) -> Result<ledger_store::MovementReads, LedgerError> {
+        ledger_store::movement_reads(&self.db, user_id, key.as_str(), receiver_key)
+            .await?
+            .ok_or(LedgerError::NoAccount)
     }
 
     /// ATM deposit: the bank's cash account pays the customer's account (its own transaction).
@@ -580,10 +602,7 @@ impl Ledger {
         } else {
             self.rows_between(account.id, seq_low, seq_high).await?
         };
-        let balance = Money::from_minor(
-            self.keyring
-                .open_i64(&balance_aad(account.id), &account.balance_enc)?,
-        );
+        let balance = self.balance_of(&account)?;
         Ok(HistoryPage {
             balance,
             rows,

@@ -322,6 +322,46 @@ pub async fn write_entry(
     Ok(())
 }
 
+/// What a money form needs to know before its write transaction, read in one statement: the
+/// customer's sealed TOTP secret and last accepted step, the entry their idempotency key already
+/// produced, and the receiver's id (when a receiver's username key is given). `None`: no such
+/// customer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MovementReads {
+    pub totp_secret_enc: Option<Vec<u8>>,
+    pub totp_last_step: i64,
+    pub replayed: Option<i64>,
+    pub receiver: Option<i64>,
+}
+
+pub async fn movement_reads(
+    db: &Db,
+    user_id: i64,
+    key: &str,
+    receiver_key: Option<&str>,
+) -> Result<Option<MovementReads>, StoreError> {
+    type Tuple = (Option<Vec<u8>>, i64, Option<i64>, Option<i64>);
+    let row: Option<Tuple> = sqlx::query_as(
+        "SELECT u.totp_secret_enc, u.totp_last_step, \
+         (SELECT entry_id FROM idempotency_keys WHERE user_id = $1 AND key = $2), \
+         (SELECT id FROM users WHERE username_key = $3) \
+         FROM users u WHERE u.id = $1",
+    )
+    .bind(user_id)
+    .bind(key)
+    .bind(receiver_key)
+    .fetch_optional(db.pool())
+    .await?;
+    Ok(row.map(
+        |(totp_secret_enc, totp_last_step, replayed, receiver)| MovementReads {
+            totp_secret_enc,
+            totp_last_step,
+            replayed,
+            receiver,
+        },
+    ))
+}
+
 /// The entry a customer's idempotency key already produced, if any.
 pub async fn idempotent_entry(
     conn: &mut AnyConnection,
@@ -335,15 +375,6 @@ pub async fn idempotent_entry(
             .fetch_optional(conn)
             .await?;
     Ok(row.map(|(id,)| id))
-}
-
-pub async fn idempotent_entry_db(
-    db: &Db,
-    user_id: i64,
-    key: &str,
-) -> Result<Option<i64>, StoreError> {
-    let mut conn = db.pool().acquire().await?;
-    idempotent_entry(&mut conn, user_id, key).await
 }
 
 pub async fn insert_idempotency(

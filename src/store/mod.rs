@@ -4,9 +4,11 @@
 //! (row locks, schema) are chosen per engine here and nowhere else.
 //!
 //! Writers: on SQLite a write transaction starts with `BEGIN IMMEDIATE` on the one write
-//! connection (its own pool, so its page cache stays warm) behind an in-process
-//! write gate (one writer at a time, readers in parallel under WAL; the busy timeout covers a CLI
-//! command writing beside a running server). On PostgreSQL rows are locked with
+//! connection, held behind an in-process mutex for the life of the process (one writer at a time,
+//! readers in parallel under WAL; the busy timeout covers a CLI command writing beside a running
+//! server). It is not pooled: its page cache stays warm, and a transaction costs no pool
+//! checkout or release (sqlx pings every pooled connection on its way back, on a task of its own,
+//! which under load queued the next writer behind the runtime's other work). On PostgreSQL rows are locked with
 //! `SELECT … FOR UPDATE` in a fixed order, so unrelated accounts never wait for each other.
 
 pub mod audit;
@@ -22,7 +24,7 @@ use std::sync::Arc;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Transaction};
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 
 use crate::limits::{
     DB_POOL_ACQUIRE_TIMEOUT, DB_POOL_CONNECTIONS_POSTGRES_MAX, DB_POOL_CONNECTIONS_SQLITE_MAX,
@@ -79,9 +81,8 @@ impl StoreError {
 pub struct Db {
     pool: AnyPool,
     /// SQLite only: the one connection that writes.
-    write_pool: Option<AnyPool>,
+    writer: Option<Arc<Writer>>,
     engine: Engine,
-    write_gate: Option<Arc<Mutex<()>>>,
     /// SQLite only: the group-commit queue for money movements (see `group`).
     group: Option<group::GroupCommit>,
 }
@@ -92,18 +93,60 @@ impl std::fmt::Debug for Db {
     }
 }
 
+/// SQLite's write connection and how to open it again. The mutex is the write gate; `None`
+/// inside it means "open a new connection" (at start, and after a failure left the old one in
+/// doubt).
+struct Writer {
+    slot: Arc<Mutex<Option<WriteSlot>>>,
+    options: AnyConnectOptions,
+}
+
+struct WriteSlot {
+    conn: AnyConnection,
+    /// A transaction was dropped without commit: roll it back before the next one begins.
+    rollback_pending: bool,
+}
+
 /// A write transaction. Dropping it without [`WriteTx::commit`] rolls back.
 pub struct WriteTx {
-    tx: Transaction<'static, Any>,
-    _gate: Option<OwnedMutexGuard<()>>,
+    inner: TxInner,
+}
+
+enum TxInner {
+    /// PostgreSQL: a pooled connection's transaction.
+    Pooled(Transaction<'static, Any>),
+    /// SQLite: the write connection, held (and so the write gate) until commit or drop.
+    Held(HeldTx),
+}
+
+struct HeldTx {
+    slot: OwnedMappedMutexGuard<Option<WriteSlot>, WriteSlot>,
+    committed: bool,
+}
+
+impl Drop for HeldTx {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.slot.rollback_pending = true;
+        }
+    }
 }
 
 impl WriteTx {
     pub fn conn(&mut self) -> &mut AnyConnection {
-        &mut self.tx
+        match &mut self.inner {
+            TxInner::Pooled(tx) => tx,
+            TxInner::Held(held) => &mut held.slot.conn,
+        }
     }
     pub async fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit().await?;
+        match self.inner {
+            TxInner::Pooled(tx) => tx.commit().await?,
+            TxInner::Held(mut held) => {
+                held.slot.conn.execute("COMMIT").await?;
+                held.committed = true;
+            }
+        }
         Ok(())
     }
 }
@@ -151,16 +194,23 @@ impl Db {
         // SQLite: every write goes through one connection of its own, so its page cache stays
         // valid from one write transaction to the next (a connection's cache is dropped whenever
         // another connection has written); the read pool serves the readers in parallel.
-        let write_pool = match engine {
-            Engine::Sqlite => Some(open_pool(engine, options, 1).await?),
+        let writer = match engine {
+            Engine::Sqlite => {
+                let conn = connect(engine, &options).await?;
+                Some(Arc::new(Writer {
+                    slot: Arc::new(Mutex::new(Some(WriteSlot {
+                        conn,
+                        rollback_pending: false,
+                    }))),
+                    options,
+                }))
+            }
             Engine::Postgres => None,
         };
-        let write_gate = (engine == Engine::Sqlite).then(|| Arc::new(Mutex::new(())));
         let mut db = Db {
             pool,
-            write_pool,
+            writer,
             engine,
-            write_gate,
             group: None,
         };
         if engine == Engine::Sqlite {
@@ -184,22 +234,11 @@ impl Db {
 
     /// Starts a write transaction (see the module doc for the locking scheme).
     pub async fn begin_write(&self) -> Result<WriteTx, StoreError> {
-        let gate = match &self.write_gate {
-            Some(gate) => Some(
-                tokio::time::timeout(DB_POOL_ACQUIRE_TIMEOUT, gate.clone().lock_owned())
-                    .await
-                    .map_err(|_| StoreError::Busy)?,
-            ),
-            None => None,
+        let inner = match &self.writer {
+            Some(writer) => TxInner::Held(writer.begin(self.engine).await?),
+            None => TxInner::Pooled(self.pool.begin().await?),
         };
-        let tx = match self.engine {
-            Engine::Sqlite => {
-                let pool = self.write_pool.as_ref().unwrap_or(&self.pool);
-                pool.begin_with("BEGIN IMMEDIATE").await?
-            }
-            Engine::Postgres => self.pool.begin().await?,
-        };
-        Ok(WriteTx { tx, _gate: gate })
+        Ok(WriteTx { inner })
     }
 
     /// Applies pending migrations; returns how many ran. Safe to run from several processes.
@@ -248,8 +287,14 @@ impl Db {
     }
 
     pub async fn close(&self) {
-        if let Some(write_pool) = &self.write_pool {
-            write_pool.close().await;
+        if let Some(writer) = &self.writer {
+            // Waits for a transaction in progress; after it, a write would open a new connection.
+            let slot = writer.slot.lock().await.take();
+            if let Some(slot) = slot
+                && let Err(error) = slot.conn.close().await
+            {
+                tracing::warn!(%error, "closing the write connection");
+            }
         }
         self.pool.close().await;
     }
@@ -261,6 +306,75 @@ impl Db {
             Engine::Sqlite => sqlite,
         }
     }
+}
+
+impl Writer {
+    /// Takes the write gate and begins `BEGIN IMMEDIATE` on the write connection: first rolling
+    /// back a transaction dropped without commit, and opening the connection again if that or a
+    /// previous statement failed (a connection in doubt is never reused).
+    async fn begin(&self, engine: Engine) -> Result<HeldTx, StoreError> {
+        let mut slot =
+            tokio::time::timeout(DB_POOL_ACQUIRE_TIMEOUT, self.slot.clone().lock_owned())
+                .await
+                .map_err(|_| StoreError::Busy)?;
+        let rollback_failed = match slot.as_mut() {
+            Some(open) if open.rollback_pending => {
+                let failed = open.conn.execute("ROLLBACK").await.is_err();
+                open.rollback_pending = false;
+                failed
+            }
+            _ => false,
+        };
+        if rollback_failed {
+            *slot = None;
+        }
+        if slot.is_none() {
+            *slot = Some(WriteSlot {
+                conn: connect(engine, &self.options).await?,
+                rollback_pending: false,
+            });
+        }
+        let begun = match slot.as_mut() {
+            Some(open) => open.conn.execute("BEGIN IMMEDIATE").await.map(|_| ()),
+            None => Ok(()),
+        };
+        if let Err(error) = begun {
+            *slot = None;
+            return Err(error.into());
+        }
+        let slot = OwnedMutexGuard::try_map(slot, Option::as_mut).map_err(|_| StoreError::Busy)?;
+        Ok(HeldTx {
+            slot,
+            committed: false,
+        })
+    }
+}
+
+/// One connection outside any pool (SQLite's write connection), set up like the pooled ones.
+async fn connect(engine: Engine, options: &AnyConnectOptions) -> Result<AnyConnection, StoreError> {
+    let mut conn = AnyConnection::connect_with(options).await?;
+    configure(engine, &mut conn).await?;
+    Ok(conn)
+}
+
+/// Per-connection settings, for pooled and held connections alike.
+async fn configure(engine: Engine, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    match engine {
+        Engine::Sqlite => {
+            // Durability first: acknowledged writes survive a crash or power loss.
+            conn.execute("PRAGMA journal_mode = WAL").await?;
+            conn.execute("PRAGMA synchronous = FULL").await?;
+            conn.execute("PRAGMA foreign_keys = ON").await?;
+            conn.execute(sqlx::AssertSqlSafe(format!(
+                "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MILLIS}"
+            )))
+            .await?;
+        }
+        Engine::Postgres => {
+            conn.execute("SET synchronous_commit = on").await?;
+        }
+    }
+    Ok(())
 }
 
 async fn open_pool(
@@ -276,26 +390,7 @@ async fn open_pool(
         // trip (PostgreSQL) or a thread hand-off (SQLite) to every query. A server that went
         // away between the two fails that one request, and the connection is replaced.
         .test_before_acquire(false)
-        .after_connect(move |conn, _meta| {
-            Box::pin(async move {
-                match engine {
-                    Engine::Sqlite => {
-                        // Durability first: acknowledged writes survive a crash or power loss.
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = FULL").await?;
-                        conn.execute("PRAGMA foreign_keys = ON").await?;
-                        conn.execute(sqlx::AssertSqlSafe(format!(
-                            "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MILLIS}"
-                        )))
-                        .await?;
-                    }
-                    Engine::Postgres => {
-                        conn.execute("SET synchronous_commit = on").await?;
-                    }
-                }
-                Ok(())
-            })
-        })
+        .after_connect(move |conn, _meta| Box::pin(configure(engine, conn)))
         .connect_with(options)
         .await?)
 }

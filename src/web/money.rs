@@ -6,6 +6,7 @@
 //! refusal re-shows the form with a message next to the field, keeps what was typed (not the
 //! code), moves nothing, and is audited.
 
+use crate::auth::session::Session;
 use askama::Template;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
@@ -117,11 +118,22 @@ async fn balance_text(services: &Services, user_id: i64) -> String {
         .unwrap_or_default()
 }
 
+/// The balance on a form as the page is opened: from the account row read with the session
+/// (one read less per form).
+async fn session_balance_text(services: &Services, session: &Session) -> String {
+    services
+        .ledger
+        .balance_with(session.user_id, session.account.as_deref())
+        .await
+        .map(|b| b.to_string())
+        .unwrap_or_default()
+}
+
 pub async fn transfer_form(State(services): State<Services>, user: CurrentUser) -> Response {
     let user_id = user.session.user_id;
     let page = TransferPage {
         chrome: Chrome::for_session(&services, &user.session, true).await,
-        balance: balance_text(&services, user_id).await,
+        balance: session_balance_text(&services, &user.session).await,
         key: issue_key(&services, user_id),
         amount: String::new(),
         from_username: user.session.username.clone(),
@@ -137,7 +149,7 @@ pub async fn atm_form(State(services): State<Services>, user: CurrentUser) -> Re
     let user_id = user.session.user_id;
     let page = AtmPage {
         chrome: Chrome::for_session(&services, &user.session, true).await,
-        balance: balance_text(&services, user_id).await,
+        balance: session_balance_text(&services, &user.session).await,
         key: issue_key(&services, user_id),
         amount: String::new(),
         username: user.session.username.clone(),
@@ -192,10 +204,19 @@ async fn submit(
             "bad_idempotency_key",
         ));
     };
-    match services.ledger.replayed_entry(user_id, &key).await {
-        Ok(Some(entry_id)) => return Ok(entry_id),
-        Ok(None) => {}
-        Err(error) => return Err(unavailable(&error)),
+    // Every read before the write transaction, in one statement (SQLite has one writer at a
+    // time: keep its transaction short; every pooled read costs a checkout and a ping).
+    let receiver_key = match &parsed {
+        Some((Movement::Transfer { to, .. }, _)) => Some(to.lookup_key()),
+        _ => None,
+    };
+    let reads = services
+        .ledger
+        .movement_reads(user_id, &key, receiver_key.as_deref())
+        .await
+        .map_err(|error| unavailable(&error))?;
+    if let Some(entry_id) = reads.replayed {
+        return Ok(entry_id);
     }
     if !field_errors.is_empty() {
         return Err(Refusal {
@@ -211,17 +232,17 @@ async fn submit(
     let Some((movement, own)) = parsed else {
         return Err(invalid_fields());
     };
-    // Reads before the write transaction (SQLite has one writer at a time: keep it short).
-    let step = crate::auth::totp_candidate_step(services, user_id, form.get("otp"))
-        .await
-        .map_err(|error| unavailable(&error))?;
+    let step = crate::auth::totp_step_of(
+        services,
+        user_id,
+        form.get("otp"),
+        reads.totp_secret_enc.as_deref(),
+        reads.totp_last_step,
+    )
+    .map_err(|error| unavailable(&error))?;
     let own_username_ok = own.given.lookup_key() == user.session.username.to_ascii_lowercase();
     let receiver = match &movement {
-        Movement::Transfer { to, .. } => services
-            .ledger
-            .receiver(to)
-            .await
-            .map_err(|error| unavailable(&error))?,
+        Movement::Transfer { .. } => reads.receiver,
         Movement::Deposit { .. } => None,
     };
     let write = MovementWrite {

@@ -130,3 +130,37 @@ async fn beyond_the_queue_bound_a_job_is_sent_back_at_once_to_run_alone() {
         .unwrap();
     assert_eq!(rows, GROUP_COMMIT_QUEUE_MAX as i64);
 }
+
+/// Both engines: a write transaction dropped without commit — given up by its owner, or its
+/// request cancelled while it held the write connection — leaves nothing behind, and the next
+/// one begins on a clean connection (on SQLite the one write connection is held, not pooled, so
+/// its rollback runs before the next `BEGIN`).
+#[tokio::test]
+async fn a_write_dropped_without_commit_leaves_nothing_and_the_next_one_commits() {
+    let (services, _dir) = test_services().await;
+    let expires = alphabank::now_millis() + 60_000;
+    let mut dropped = services.db.begin_write().await.unwrap();
+    captcha_store::spend_in(&mut dropped, &[1; 32], expires)
+        .await
+        .unwrap();
+    drop(dropped);
+    let cancelled = async {
+        let mut tx = services.db.begin_write().await.unwrap();
+        captcha_store::spend_in(&mut tx, &[2; 32], expires)
+            .await
+            .unwrap();
+        // The request goes away here, the transaction still open (a timeout, a client leaving).
+        std::future::pending::<()>().await;
+    };
+    let never = tokio::time::timeout(std::time::Duration::from_millis(100), cancelled).await;
+    assert!(never.is_err(), "the write never finishes on its own");
+    let mut next = services.db.begin_write().await.unwrap();
+    captcha_store::spend_in(&mut next, &[3; 32], expires)
+        .await
+        .unwrap();
+    next.commit().await.unwrap();
+    assert!(!marked(&services, 1).await, "dropped: rolled back");
+    assert!(!marked(&services, 2).await, "cancelled: rolled back");
+    assert!(marked(&services, 3).await, "the next write committed");
+    assert_eq!(captcha_store::count(&services.db).await.unwrap(), 1);
+}

@@ -82,7 +82,8 @@ async fn refusals_move_nothing() {
         assert!(expected(&error), "{to} {amount}: {error:?}");
         assert!(error.refusal_reason().is_some());
         // A refused submission does not use the key up.
-        assert_eq!(s.ledger.replayed_entry(alice, &k).await.unwrap(), None);
+        let reads = s.ledger.movement_reads(alice, &k, None).await.unwrap();
+        assert_eq!(reads.replayed, None);
     }
     assert_eq!(balance_minor(&s, alice).await, 10_000);
     assert_eq!(verify(&s).await.unwrap().entries, 1);
@@ -145,6 +146,46 @@ async fn the_same_idempotency_key_moves_money_once_and_returns_the_first_receipt
         .await
         .unwrap();
     assert!(matches!(carol_outcome, Outcome::Moved { .. }));
+}
+
+#[tokio::test]
+async fn a_forms_reads_before_its_transaction_name_the_receiver_the_replay_and_the_code_state() {
+    let (s, _dir) = test_services().await;
+    let alice = customer(&s, "alice").await;
+    let bob = customer(&s, "bob").await;
+    deposit(&s, alice, "500").await;
+    let k = key();
+    let before = s
+        .ledger
+        .movement_reads(alice, &k, Some("bob"))
+        .await
+        .unwrap();
+    assert_eq!((before.replayed, before.receiver), (None, Some(bob)));
+    assert_eq!(before.totp_last_step, 0, "no code used yet");
+    let entry = s
+        .ledger
+        .transfer(
+            &ctx(),
+            alice,
+            &name("bob"),
+            Amount::parse("1").unwrap(),
+            &Message::default(),
+            &k,
+        )
+        .await
+        .unwrap()
+        .entry_id();
+    let after = s
+        .ledger
+        .movement_reads(alice, &k, Some("nobody"))
+        .await
+        .unwrap();
+    assert_eq!((after.replayed, after.receiver), (Some(entry), None));
+    // Another customer's key is not Alice's: no replay for Bob with the same key.
+    let bobs = s.ledger.movement_reads(bob, &k, None).await.unwrap();
+    assert_eq!((bobs.replayed, bobs.receiver), (None, None));
+    // A customer that does not exist is an error, not an empty answer.
+    assert!(s.ledger.movement_reads(i64::MAX, &k, None).await.is_err());
 }
 
 #[tokio::test]
