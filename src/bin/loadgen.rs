@@ -123,6 +123,10 @@ struct Customer {
     secret: TotpSecret,
     client: reqwest::Client,
     last_step: AtomicI64,
+    /// A transfer of this customer is in flight. One at a time, as one person sends money: two
+    /// forms in flight at once could reach the server out of the order of their codes' steps,
+    /// and the later step spent first makes the earlier code a refused replay (401).
+    sending: AtomicBool,
 }
 
 fn now_step() -> i64 {
@@ -532,6 +536,7 @@ fn load_customers(args: &Args, ctx: &Ctx) -> Result<Vec<Arc<Customer>>> {
                 secret: TotpSecret::from_bytes(&bytes),
                 client: ctx.client()?,
                 last_step: AtomicI64::new(i64::MIN / 2),
+                sending: AtomicBool::new(false),
             }))
         })
         .collect()
@@ -691,8 +696,15 @@ async fn scenario_transfer(
                     }
                     continue;
                 }
+                if c.sending.swap(true, Ordering::SeqCst) {
+                    // Another task is sending this customer's money right now.
+                    tokio::task::yield_now().await;
+                    continue;
+                }
                 let t0 = Instant::now();
-                match transfer(&ctx, c, to).await? {
+                let sent = transfer(&ctx, c, to).await;
+                c.sending.store(false, Ordering::SeqCst);
+                match sent? {
                     Money::Status(303, _) => {
                         record(&mut h, t0);
                         ok += 1;
