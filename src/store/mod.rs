@@ -335,7 +335,14 @@ impl Writer {
             });
         }
         let begun = match slot.as_mut() {
-            Some(open) => open.conn.execute("BEGIN IMMEDIATE").await.map(|_| ()),
+            Some(open) => {
+                // Until `BEGIN` has answered, a rollback is owed: if this future is dropped while
+                // waiting (a request timing out behind a CLI writer), the statement still runs.
+                open.rollback_pending = true;
+                let begun = open.conn.execute("BEGIN IMMEDIATE").await.map(|_| ());
+                open.rollback_pending = false;
+                begun
+            }
             None => Ok(()),
         };
         if let Err(error) = begun {
