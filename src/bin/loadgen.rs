@@ -129,6 +129,13 @@ struct Customer {
     sending: AtomicBool,
 }
 
+/// How long an idle keep-alive connection is reused: well under the server's, which closes a
+/// connection that sends no request head for `REQUEST_HEADER_TIMEOUT` (10 s) — idle ones too. A
+/// client that kept them longer would now and then send a request on a connection the server is
+/// closing at that moment, and lose it ("peer closed connection" on a POST: not retried).
+const IDLE_CONNECTION_REUSE: Duration =
+    Duration::from_secs(alphabank::limits::REQUEST_HEADER_TIMEOUT.as_secs() / 2);
+
 fn now_step() -> i64 {
     current_step(alphabank::now_millis() / 1000)
 }
@@ -207,7 +214,7 @@ impl Ctx {
             .redirect(reqwest::redirect::Policy::none())
             .cookie_store(true)
             .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(IDLE_CONNECTION_REUSE)
             .timeout(Duration::from_secs(60));
         if let Some((host, addr)) = &self.tls.resolve {
             builder = builder.resolve(host, *addr);

@@ -99,6 +99,10 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .cookie_store(true)
+        // The server closes a keep-alive connection idle for REQUEST_HEADER_TIMEOUT; a client
+        // keeping it longer could send a request just as it closes (a test waiting for the next
+        // code's step idles ~10 s).
+        .pool_idle_timeout(alphabank::limits::REQUEST_HEADER_TIMEOUT / 2)
         .resolve("localhost", addr);
     if !plain {
         let pem = std::fs::read(dir.path().join("tls-cert.pem")).expect("generated cert");
@@ -335,6 +339,7 @@ impl TestApp {
         reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .cookie_store(true)
+            .pool_idle_timeout(alphabank::limits::REQUEST_HEADER_TIMEOUT / 2)
             .resolve("localhost", self.addr)
             .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("pem"))
             .tls_built_in_root_certs(false)
