@@ -2,8 +2,10 @@
 
 use sqlx::Row;
 
+use super::group::{BatchError, Batched, Verdict};
 use super::ledger::AccountRow;
 use super::{Db, StoreError, WriteTx};
+use futures_util::future::BoxFuture;
 
 #[derive(Debug, Clone)]
 pub struct SessionRow {
@@ -139,14 +141,60 @@ pub async fn find(db: &Db, id_hash: &str) -> Result<Option<Found>, StoreError> {
     }))
 }
 
+/// Records that the session was used at `now`. On SQLite it joins the group commit (a touch is
+/// a write of its own for every session that comes back after the touch interval: under load,
+/// standalone touches each waited for the write gate and paid their own `fsync`, and the batch
+/// writer waited behind them). When the batch is rolled back or the queue is full, it runs on its
+/// own.
 pub async fn touch(db: &Db, id_hash: &str, now: i64) -> Result<(), StoreError> {
+    if let Some(group) = db.group_commit() {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        group.submit(Box::new(Touch {
+            id_hash: id_hash.to_string(),
+            now,
+            reply: Some(reply),
+        }));
+        if let Ok(Ok(())) = answer.await {
+            return Ok(());
+        }
+    }
     let mut tx = db.begin_write().await?;
+    touch_in(&mut tx, id_hash, now).await?;
+    tx.commit().await
+}
+
+async fn touch_in(tx: &mut WriteTx, id_hash: &str, now: i64) -> Result<(), StoreError> {
     sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id_hash = $2")
         .bind(now)
         .bind(id_hash)
         .execute(tx.conn())
         .await?;
-    tx.commit().await
+    Ok(())
+}
+
+/// A session touch queued for group commit.
+struct Touch {
+    id_hash: String,
+    now: i64,
+    reply: Option<tokio::sync::oneshot::Sender<Result<(), BatchError>>>,
+}
+
+impl Batched for Touch {
+    fn run<'a>(&'a mut self, tx: &'a mut WriteTx) -> BoxFuture<'a, Verdict> {
+        Box::pin(async move {
+            match touch_in(tx, &self.id_hash, self.now).await {
+                Ok(()) => Verdict::Keep,
+                Err(_) => Verdict::Abort,
+            }
+        })
+    }
+
+    fn finish(self: Box<Self>, outcome: Result<(), BatchError>) {
+        if let Some(reply) = self.reply {
+            // The request may have gone away meanwhile.
+            let _ = reply.send(outcome);
+        }
+    }
 }
 
 pub async fn delete(db: &Db, id_hash: &str) -> Result<bool, StoreError> {

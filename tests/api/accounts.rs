@@ -452,6 +452,31 @@ async fn idle_and_absolute_expiry_end_the_session_server_side() {
 }
 
 #[tokio::test]
+async fn a_session_in_use_is_kept_alive_by_its_requests() {
+    let app = spawn_app().await;
+    let kari = app.customer("kari").await;
+    // 200 s idle twice is 400 s in all, more than the 5-minute idle limit: the session survives
+    // only if the request in between recorded its use (the touch, batched on SQLite).
+    for _ in 0..2 {
+        exec(
+            &app.services,
+            "UPDATE sessions SET last_seen_at = last_seen_at - 200000".into(),
+        )
+        .await;
+        assert_eq!(kari.get("/settings").await.status(), 200);
+    }
+    let (idle_millis,): (i64,) = sqlx::query_as("SELECT $1 - last_seen_at FROM sessions")
+        .bind(alphabank::now_millis())
+        .fetch_one(app.services.db.pool())
+        .await
+        .unwrap();
+    assert!(
+        (0..10_000).contains(&idle_millis),
+        "last use recorded just now, not {idle_millis} ms ago"
+    );
+}
+
+#[tokio::test]
 async fn logout_kills_the_session_server_side() {
     let app = spawn_app().await;
     let kari = app.customer("kari").await;
