@@ -224,17 +224,7 @@ impl Ledger {
 
     /// The customer's balance: one row read, one field opened.
     pub async fn balance(&self, user_id: i64) -> Result<Money, LedgerError> {
-        let account = ledger_store::account_of_user(&self.db, user_id)
-            .await?
-            .ok_or(LedgerError::NoAccount)?;
-        self.balance_of(&account)
-    }
-
-    fn balance_of(&self, account: &AccountRow) -> Result<Money, LedgerError> {
-        Ok(Money::from_minor(self.keyring.open_i64(
-            &balance_aad(account.id),
-            &account.balance_enc,
-        )?))
+        self.balance_with(user_id, None).await
     }
 
     /// [`Ledger::balance`] from the customer's account row if it was already read (with the
@@ -242,12 +232,26 @@ impl Ledger {
     pub async fn balance_with(
         &self,
         user_id: i64,
-        account: Option<&AccountRow>,
+        known: Option<&AccountRow>,
     ) -> Result<Money, LedgerError> {
-        match account {
-            Some(account) if account.user_id == Some(user_id) => self.balance_of(account),
-            _ => self.balance(user_id).await,
+        match known.filter(|account| account.user_id == Some(user_id)) {
+            Some(account) => self.balance_of(account),
+            None => self.balance_of(&self.account_of(user_id).await?),
         }
+    }
+
+    /// The customer's account row, read now.
+    async fn account_of(&self, user_id: i64) -> Result<AccountRow, LedgerError> {
+        ledger_store::account_of_user(&self.db, user_id)
+            .await?
+            .ok_or(LedgerError::NoAccount)
+    }
+
+    fn balance_of(&self, account: &AccountRow) -> Result<Money, LedgerError> {
+        Ok(Money::from_minor(self.keyring.open_i64(
+            &balance_aad(account.id),
+            &account.balance_enc,
+        )?))
     }
 
     /// A money form's reads before its write transaction, in one statement: whether the
@@ -559,10 +563,7 @@ impl Ledger {
         page: u32,
         rows_per_page: u32,
     ) -> Result<HistoryPage, LedgerError> {
-        let account = ledger_store::account_of_user(&self.db, user_id)
-            .await?
-            .ok_or(LedgerError::NoAccount)?;
-        self.history_of(account, page, rows_per_page).await
+        self.history_with(user_id, None, page, rows_per_page).await
     }
 
     /// [`Ledger::history`] starting from the customer's account row if it was already read (with
@@ -570,16 +571,15 @@ impl Ledger {
     pub async fn history_with(
         &self,
         user_id: i64,
-        account: Option<AccountRow>,
+        known: Option<AccountRow>,
         page: u32,
         rows_per_page: u32,
     ) -> Result<HistoryPage, LedgerError> {
-        match account {
-            Some(account) if account.user_id == Some(user_id) => {
-                self.history_of(account, page, rows_per_page).await
-            }
-            _ => self.history(user_id, page, rows_per_page).await,
-        }
+        let account = match known.filter(|account| account.user_id == Some(user_id)) {
+            Some(account) => account,
+            None => self.account_of(user_id).await?,
+        };
+        self.history_of(account, page, rows_per_page).await
     }
 
     async fn history_of(

@@ -235,7 +235,7 @@ impl Db {
     /// Starts a write transaction (see the module doc for the locking scheme).
     pub async fn begin_write(&self) -> Result<WriteTx, StoreError> {
         let inner = match &self.writer {
-            Some(writer) => TxInner::Held(writer.begin(self.engine).await?),
+            Some(writer) => TxInner::Held(writer.begin().await?),
             None => TxInner::Pooled(self.pool.begin().await?),
         };
         Ok(WriteTx { inner })
@@ -312,7 +312,7 @@ impl Writer {
     /// Takes the write gate and begins `BEGIN IMMEDIATE` on the write connection: first rolling
     /// back a transaction dropped without commit, and opening the connection again if that or a
     /// previous statement failed (a connection in doubt is never reused).
-    async fn begin(&self, engine: Engine) -> Result<HeldTx, StoreError> {
+    async fn begin(&self) -> Result<HeldTx, StoreError> {
         let mut slot =
             tokio::time::timeout(DB_POOL_ACQUIRE_TIMEOUT, self.slot.clone().lock_owned())
                 .await
@@ -330,7 +330,7 @@ impl Writer {
         }
         if slot.is_none() {
             *slot = Some(WriteSlot {
-                conn: connect(engine, &self.options).await?,
+                conn: connect(Engine::Sqlite, &self.options).await?,
                 rollback_pending: false,
             });
         }
