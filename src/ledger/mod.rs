@@ -18,8 +18,8 @@ use crate::audit::{AuditContext, AuditError, AuditEvent, AuditLog};
 use crate::crypto::{Aad, CryptoError, Keyring, random_row_id};
 use crate::domain::{Amount, CardName, DepositAmount, IdempotencyKey, Message, Money, Username};
 use crate::store::ledger::{
-    self as ledger_store, AccountHead, AccountRow, CASH_ACCOUNT_ID, EntryRow, HistoryRow,
-    PostingRow,
+    self as ledger_store, AccountHead, AccountRow, CASH_ACCOUNT_ID, CustomerKey, EntryRow,
+    HistoryRow, PostingRow,
 };
 use crate::store::{Db, StoreError, WriteTx, users as user_store};
 
@@ -297,15 +297,23 @@ impl Ledger {
         card_name: &CardName,
         key: &IdempotencyKey,
     ) -> Result<Outcome, LedgerError> {
-        let locked =
-            ledger_store::lock_account_and_user(&self.db, tx, CASH_ACCOUNT_ID, user_id).await?;
-        let (cash, customer) = split_pair(locked, |a| a.id == CASH_ACCOUNT_ID)?;
-        // Checked under the locks: a concurrent submission with the same key may have won.
-        if let Some(entry_id) =
-            ledger_store::idempotent_entry(tx.conn(), user_id, key.as_str()).await?
-        {
+        let customer_key = CustomerKey {
+            user_id,
+            key: key.as_str(),
+        };
+        let locked = ledger_store::lock_account_and_user(
+            &self.db,
+            tx,
+            CASH_ACCOUNT_ID,
+            user_id,
+            Some(customer_key),
+        )
+        .await?;
+        // Read under the locks: a concurrent submission with the same key may have won.
+        if let Some(entry_id) = locked.replayed {
             return Ok(Outcome::Replayed { entry_id });
         }
+        let (cash, customer) = split_pair(locked.accounts, |a| a.id == CASH_ACCOUNT_ID)?;
         let entry_id = random_row_id();
         let content = EntryContent {
             id: entry_id,
@@ -316,10 +324,13 @@ impl Ledger {
             card_name: Some(card_name.as_str()),
         };
         let minor = amount.amount().minor();
-        self.write_entry(tx, &content, [(customer, minor), (cash, -minor)])
-            .await?;
-        ledger_store::insert_idempotency(tx, user_id, key.as_str(), entry_id, content.created_at)
-            .await?;
+        self.write_entry(
+            tx,
+            &content,
+            [(customer, minor), (cash, -minor)],
+            Some(customer_key),
+        )
+        .await?;
         self.audit
             .record_in(
                 tx,
@@ -378,18 +389,27 @@ impl Ledger {
         if to_user_id == user_id {
             return Err(LedgerError::SelfTransfer);
         }
-        let locked =
-            ledger_store::lock_accounts_of_users(&self.db, tx, user_id, to_user_id).await?;
-        if locked.len() == 1 && locked.iter().all(|a| a.user_id == Some(user_id)) {
+        let customer_key = CustomerKey {
+            user_id,
+            key: key.as_str(),
+        };
+        let locked = ledger_store::lock_accounts_of_users(
+            &self.db,
+            tx,
+            user_id,
+            to_user_id,
+            Some(customer_key),
+        )
+        .await?;
+        let accounts = locked.accounts;
+        if accounts.len() == 1 && accounts.iter().all(|a| a.user_id == Some(user_id)) {
             return Err(LedgerError::UnknownReceiver);
         }
-        let (from, receiver) = split_pair(locked, |a| a.user_id == Some(user_id))?;
-        // Checked under the locks: a concurrent submission with the same key may have won.
-        if let Some(entry_id) =
-            ledger_store::idempotent_entry(tx.conn(), user_id, key.as_str()).await?
-        {
+        // Read under the locks: a concurrent submission with the same key may have won.
+        if let Some(entry_id) = locked.replayed {
             return Ok(Outcome::Replayed { entry_id });
         }
+        let (from, receiver) = split_pair(accounts, |a| a.user_id == Some(user_id))?;
         let from_balance = self
             .keyring
             .open_i64(&balance_aad(from.id), &from.balance_enc)?;
@@ -406,10 +426,13 @@ impl Ledger {
             card_name: None,
         };
         let minor = amount.minor();
-        self.write_entry(tx, &content, [(from, -minor), (receiver, minor)])
-            .await?;
-        ledger_store::insert_idempotency(tx, user_id, key.as_str(), entry_id, content.created_at)
-            .await?;
+        self.write_entry(
+            tx,
+            &content,
+            [(from, -minor), (receiver, minor)],
+            Some(customer_key),
+        )
+        .await?;
         self.audit
             .record_in(
                 tx,
@@ -423,12 +446,14 @@ impl Ledger {
         Ok(Outcome::Moved { entry_id })
     }
 
-    /// Writes the entry and its two postings, and moves both account heads.
+    /// Writes the entry, its two postings and (for a customer's form) the key's outcome, and
+    /// moves both account heads.
     async fn write_entry(
         &self,
         tx: &mut WriteTx,
         content: &EntryContent<'_>,
         postings: [(AccountRow, i64); 2],
+        key: Option<CustomerKey<'_>>,
     ) -> Result<[AccountRow; 2], LedgerError> {
         // Invariant (TigerBeetle style): the postings of an entry sum to zero.
         let sum: i64 = postings.iter().map(|(_, amount)| amount).sum();
@@ -496,10 +521,16 @@ impl Ledger {
                 head_mac: &p.mac,
             }
         }
-        ledger_store::write_entry(tx, &entry, &postings, {
-            let [q0, q1] = &postings;
-            [head(&a0, q0, &b0), head(&a1, q1, &b1)]
-        })
+        ledger_store::write_entry(
+            tx,
+            &entry,
+            &postings,
+            {
+                let [q0, q1] = &postings;
+                [head(&a0, q0, &b0), head(&a1, q1, &b1)]
+            },
+            key,
+        )
         .await?;
         let [p0, p1] = postings;
         let mut updated = Vec::with_capacity(2);
@@ -527,9 +558,9 @@ impl Ledger {
     ) -> Result<u64, LedgerError> {
         let mut tx = self.db.begin_write().await?;
         let locked =
-            ledger_store::lock_account_and_user(&self.db, &mut tx, CASH_ACCOUNT_ID, user_id)
+            ledger_store::lock_account_and_user(&self.db, &mut tx, CASH_ACCOUNT_ID, user_id, None)
                 .await?;
-        let (mut cash, mut customer) = split_pair(locked, |a| a.id == CASH_ACCOUNT_ID)?;
+        let (mut cash, mut customer) = split_pair(locked.accounts, |a| a.id == CASH_ACCOUNT_ID)?;
         let ctx = ctx.with_user(user_id);
         for amount in amounts {
             let entry_id = random_row_id();
@@ -543,7 +574,7 @@ impl Ledger {
             };
             let minor = amount.amount().minor();
             let [c, k] = self
-                .write_entry(&mut tx, &content, [(customer, minor), (cash, -minor)])
+                .write_entry(&mut tx, &content, [(customer, minor), (cash, -minor)], None)
                 .await?;
             customer = c;
             cash = k;

@@ -73,10 +73,8 @@ pub async fn lock_head(
 }
 
 pub async fn append(tx: &mut WriteTx, event: &AuditRow) -> Result<(), StoreError> {
-    const INSERT: &str = "INSERT INTO audit_events (stream, seq, created_at, event, user_id, client_ip, request_id, detail, prev_mac, mac) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
-    // PostgreSQL: the event and its head in one statement (one round trip); SQLite runs
-    // statements in-process, so two cost little there.
+    // The event and its head in one round trip: on PostgreSQL one statement, on SQLite (no
+    // data-modifying `WITH`) two statements of one call.
     let postgres = tx.conn().backend_name() == "PostgreSQL";
     let sql = if postgres {
         "WITH e AS (INSERT INTO audit_events (stream, seq, created_at, event, user_id, client_ip, request_id, detail, prev_mac, mac) \
@@ -84,7 +82,9 @@ pub async fn append(tx: &mut WriteTx, event: &AuditRow) -> Result<(), StoreError
               h AS (UPDATE audit_heads SET seq = $2, mac = $10 WHERE stream = $1 AND seq = $2 - 1 RETURNING 1) \
          SELECT COUNT(*) FROM h"
     } else {
-        INSERT
+        "INSERT INTO audit_events (stream, seq, created_at, event, user_id, client_ip, request_id, detail, prev_mac, mac) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10); \
+         UPDATE audit_heads SET seq = $2, mac = $10 WHERE stream = $1 AND seq = $2 - 1"
     };
     let query = sqlx::query(sql)
         .bind(&event.stream)
@@ -105,17 +105,13 @@ pub async fn append(tx: &mut WriteTx, event: &AuditRow) -> Result<(), StoreError
             .map_err(inserted)?
             .try_get(0)?
     } else {
-        query.execute(tx.conn()).await.map_err(inserted)?;
-        let updated =
-            sqlx::query("UPDATE audit_heads SET seq = $1, mac = $2 WHERE stream = $3 AND seq = $4")
-                .bind(event.seq)
-                .bind(&event.mac)
-                .bind(&event.stream)
-                .bind(event.seq - 1)
-                .execute(tx.conn())
-                .await?
-                .rows_affected();
-        i64::try_from(updated).unwrap_or(i64::MAX)
+        // The insert inserts its row or fails: what it changed beyond that is the head.
+        let changed = query
+            .execute(tx.conn())
+            .await
+            .map_err(inserted)?
+            .rows_affected();
+        i64::try_from(changed.saturating_sub(1)).unwrap_or(i64::MAX)
     };
     if updated != 1 {
         return Err(StoreError::Corrupt(format!(

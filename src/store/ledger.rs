@@ -4,7 +4,7 @@ use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 use sqlx::{Any, AnyConnection, Row};
 
-use super::{Db, StoreError, WriteTx};
+use super::{Db, Engine, StoreError, WriteTx};
 
 pub const CASH_ACCOUNT_ID: i64 = 1;
 
@@ -105,44 +105,102 @@ pub async fn lock_account(
     Ok(row.map(account))
 }
 
-/// Locks the accounts of `user_a` and `user_b` in one statement, in ascending id order (PostgreSQL
-/// `FOR UPDATE` locks rows in the sorted order, so two movements cannot deadlock; SQLite holds its
-/// single write lock). Returns the rows found, ordered by id.
+/// What locking a movement's two accounts returns: the rows found, ordered by id, and the entry
+/// the customer's idempotency key already produced (when a key was given).
+pub struct Locked {
+    pub accounts: Vec<AccountRow>,
+    pub replayed: Option<i64>,
+}
+
+/// The statements that lock two accounts, one engine each; SQLite's keyed form also reads the
+/// key's entry (`$3`, `$4`) in the same statement.
+struct LockSql {
+    postgres: &'static str,
+    sqlite: &'static str,
+    sqlite_keyed: &'static str,
+}
+
+/// Locks the rows `sql` selects in one statement, in ascending id order (PostgreSQL `FOR UPDATE`
+/// locks rows in the sorted order, so two movements cannot deadlock; SQLite holds its single
+/// write lock), and reads the entry `key` already produced under those locks: a concurrent
+/// submission with the same key may have won. On SQLite that read is part of the statement (one
+/// trip to the writer's thread); on PostgreSQL it follows the lock, because a statement reads
+/// with the snapshot it started with, which may predate the winner's commit.
+async fn lock_pair(
+    db: &Db,
+    tx: &mut WriteTx,
+    sql: &LockSql,
+    a: i64,
+    b: i64,
+    key: Option<CustomerKey<'_>>,
+) -> Result<Locked, StoreError> {
+    type KeyedTuple = (i64, Option<i64>, String, Vec<u8>, i64, Vec<u8>, Option<i64>);
+    if db.engine() == Engine::Sqlite
+        && let Some(key) = &key
+    {
+        let rows: Vec<KeyedTuple> = sqlx::query_as(sql.sqlite_keyed)
+            .bind(a)
+            .bind(b)
+            .bind(key.user_id)
+            .bind(key.key)
+            .fetch_all(tx.conn())
+            .await?;
+        let replayed = rows.iter().find_map(|t| t.6);
+        let accounts = rows
+            .into_iter()
+            .map(|t| account((t.0, t.1, t.2, t.3, t.4, t.5)))
+            .collect();
+        return Ok(Locked { accounts, replayed });
+    }
+    let rows: Vec<AccountTuple> = sqlx::query_as(db.for_update(sql.postgres, sql.sqlite))
+        .bind(a)
+        .bind(b)
+        .fetch_all(tx.conn())
+        .await?;
+    let replayed = match key {
+        Some(key) => idempotent_entry(tx.conn(), key.user_id, key.key).await?,
+        None => None,
+    };
+    Ok(Locked {
+        accounts: rows.into_iter().map(account).collect(),
+        replayed,
+    })
+}
+
+/// Locks the accounts of `user_a` and `user_b` (see [`lock_pair`]).
 pub async fn lock_accounts_of_users(
     db: &Db,
     tx: &mut WriteTx,
     user_a: i64,
     user_b: i64,
-) -> Result<Vec<AccountRow>, StoreError> {
-    let sql = db.for_update(
-        "SELECT id, user_id, kind, balance_enc, seq, head_mac FROM accounts WHERE user_id IN ($1, $2) ORDER BY id FOR UPDATE",
-        "SELECT id, user_id, kind, balance_enc, seq, head_mac FROM accounts WHERE user_id IN ($1, $2) ORDER BY id",
-    );
-    let rows: Vec<AccountTuple> = sqlx::query_as(sql)
-        .bind(user_a)
-        .bind(user_b)
-        .fetch_all(tx.conn())
-        .await?;
-    Ok(rows.into_iter().map(account).collect())
+    key: Option<CustomerKey<'_>>,
+) -> Result<Locked, StoreError> {
+    const SQL: LockSql = LockSql {
+        postgres: "SELECT id, user_id, kind, balance_enc, seq, head_mac FROM accounts WHERE user_id IN ($1, $2) ORDER BY id FOR UPDATE",
+        sqlite: "SELECT id, user_id, kind, balance_enc, seq, head_mac FROM accounts WHERE user_id IN ($1, $2) ORDER BY id",
+        sqlite_keyed: "SELECT id, user_id, kind, balance_enc, seq, head_mac, \
+             (SELECT entry_id FROM idempotency_keys WHERE user_id = $3 AND key = $4) \
+             FROM accounts WHERE user_id IN ($1, $2) ORDER BY id",
+    };
+    lock_pair(db, tx, &SQL, user_a, user_b, key).await
 }
 
-/// Locks account `id` and the account of `user_id` in one statement, in ascending id order.
+/// Locks account `id` and the account of `user_id` (see [`lock_pair`]).
 pub async fn lock_account_and_user(
     db: &Db,
     tx: &mut WriteTx,
     id: i64,
     user_id: i64,
-) -> Result<Vec<AccountRow>, StoreError> {
-    let sql = db.for_update(
-        "SELECT id, user_id, kind, balance_enc, seq, head_mac FROM accounts WHERE id = $1 OR user_id = $2 ORDER BY id FOR UPDATE",
-        "SELECT id, user_id, kind, balance_enc, seq, head_mac FROM accounts WHERE id = $1 OR user_id = $2 ORDER BY id",
-    );
-    let rows: Vec<AccountTuple> = sqlx::query_as(sql)
-        .bind(id)
-        .bind(user_id)
-        .fetch_all(tx.conn())
-        .await?;
-    Ok(rows.into_iter().map(account).collect())
+    key: Option<CustomerKey<'_>>,
+) -> Result<Locked, StoreError> {
+    const SQL: LockSql = LockSql {
+        postgres: "SELECT id, user_id, kind, balance_enc, seq, head_mac FROM accounts WHERE id = $1 OR user_id = $2 ORDER BY id FOR UPDATE",
+        sqlite: "SELECT id, user_id, kind, balance_enc, seq, head_mac FROM accounts WHERE id = $1 OR user_id = $2 ORDER BY id",
+        sqlite_keyed: "SELECT id, user_id, kind, balance_enc, seq, head_mac, \
+             (SELECT entry_id FROM idempotency_keys WHERE user_id = $3 AND key = $4) \
+             FROM accounts WHERE id = $1 OR user_id = $2 ORDER BY id",
+    };
+    lock_pair(db, tx, &SQL, id, user_id, key).await
 }
 
 pub async fn account_id_of_user(
@@ -182,32 +240,6 @@ pub async fn accounts_after(
     Ok(rows.into_iter().map(account).collect())
 }
 
-/// Both account heads of an entry in one statement (SQLite; PostgreSQL folds it into
-/// [`write_entry`]'s). Each must still be at the `seq` before its new one.
-async fn update_account_heads(
-    tx: &mut WriteTx,
-    heads: [AccountHead<'_>; 2],
-) -> Result<(), StoreError> {
-    let [h0, h1] = heads;
-    let query = sqlx::query(
-        "UPDATE accounts SET balance_enc = v.balance_enc, seq = v.seq, head_mac = v.head_mac \
-         FROM (SELECT $1 AS id, $2 AS balance_enc, $3 AS seq, $4 AS head_mac \
-               UNION ALL SELECT $5, $6, $7, $8) AS v \
-         WHERE accounts.id = v.id AND accounts.seq = v.seq - 1",
-    );
-    let updated = bind_head(bind_head(query, &h0), &h1)
-        .execute(tx.conn())
-        .await?
-        .rows_affected();
-    if updated != 2 {
-        return Err(StoreError::Corrupt(format!(
-            "account {} or {} moved while locked",
-            h0.id, h1.id
-        )));
-    }
-    Ok(())
-}
-
 type AnyQuery<'q> = Query<'q, Any, AnyArguments>;
 
 /// Binds an entry's seven columns in table order.
@@ -244,33 +276,6 @@ fn bind_posting<'q>(query: AnyQuery<'q>, row: &'q PostingRow) -> AnyQuery<'q> {
         .bind(&row.mac)
 }
 
-pub async fn insert_entry(tx: &mut WriteTx, row: &EntryRow) -> Result<(), StoreError> {
-    bind_entry(
-        sqlx::query(
-            "INSERT INTO journal_entries (id, kind, initiator_user_id, created_at, message_enc, card_name_enc, mac) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        ),
-        row,
-    )
-    .execute(tx.conn())
-    .await
-    .map_err(|e| StoreError::from_insert(e, "journal entry"))?;
-    Ok(())
-}
-
-/// Inserts the two postings of an entry in one statement.
-pub async fn insert_postings(tx: &mut WriteTx, rows: &[PostingRow; 2]) -> Result<(), StoreError> {
-    let [a, b] = rows;
-    let query = sqlx::query(
-        "INSERT INTO postings (account_id, seq, entry_id, counterparty_account_id, amount_enc, created_at, prev_mac, mac) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8), ($9, $10, $11, $12, $13, $14, $15, $16)",
-    );
-    bind_posting(bind_posting(query, a), b)
-        .execute(tx.conn())
-        .await
-        .map_err(|e| StoreError::from_insert(e, "posting"))?;
-    Ok(())
-}
-
 /// The new head of an account after an entry: its sealed balance and newest `(seq, mac)`.
 pub struct AccountHead<'a> {
     pub id: i64,
@@ -279,41 +284,99 @@ pub struct AccountHead<'a> {
     pub head_mac: &'a [u8],
 }
 
-/// Writes an entry, its two postings and the two account heads. On PostgreSQL in one statement
-/// (a data-modifying `WITH`: one round trip instead of four, the foreign keys checked at its end);
-/// on SQLite, which has no data-modifying `WITH`, as three. Either way an account whose head moved
-/// while locked is an error and the transaction must roll back.
+/// A customer's idempotency key: read under a movement's locks, written with its entry.
+#[derive(Debug, Clone, Copy)]
+pub struct CustomerKey<'a> {
+    pub user_id: i64,
+    pub key: &'a str,
+}
+
+/// The entry, both postings and both account heads, as one data-modifying `WITH` (PostgreSQL).
+const WRITE_ENTRY_POSTGRES: &str = "WITH e AS (INSERT INTO journal_entries (id, kind, initiator_user_id, created_at, message_enc, card_name_enc, mac) \
+                VALUES ($1, $2, $3, $4, $5, $6, $7)), \
+          p AS (INSERT INTO postings (account_id, seq, entry_id, counterparty_account_id, amount_enc, created_at, prev_mac, mac) \
+                VALUES ($8, $9, $10, $11, $12, $13, $14, $15), ($16, $17, $18, $19, $20, $21, $22, $23)), \
+          u AS (UPDATE accounts SET balance_enc = v.balance_enc, seq = v.seq, head_mac = v.head_mac \
+                FROM (VALUES ($24, $25, $26, $27), ($28, $29, $30, $31)) AS v (id, balance_enc, seq, head_mac) \
+                WHERE accounts.id = v.id AND accounts.seq = v.seq - 1 RETURNING accounts.id) \
+     SELECT COUNT(*) FROM u";
+
+/// The same with the idempotency outcome (`$32`, `$33`).
+const WRITE_ENTRY_KEYED_POSTGRES: &str = "WITH e AS (INSERT INTO journal_entries (id, kind, initiator_user_id, created_at, message_enc, card_name_enc, mac) \
+                VALUES ($1, $2, $3, $4, $5, $6, $7)), \
+          p AS (INSERT INTO postings (account_id, seq, entry_id, counterparty_account_id, amount_enc, created_at, prev_mac, mac) \
+                VALUES ($8, $9, $10, $11, $12, $13, $14, $15), ($16, $17, $18, $19, $20, $21, $22, $23)), \
+          i AS (INSERT INTO idempotency_keys (user_id, key, entry_id, created_at) VALUES ($32, $33, $1, $4)), \
+          u AS (UPDATE accounts SET balance_enc = v.balance_enc, seq = v.seq, head_mac = v.head_mac \
+                FROM (VALUES ($24, $25, $26, $27), ($28, $29, $30, $31)) AS v (id, balance_enc, seq, head_mac) \
+                WHERE accounts.id = v.id AND accounts.seq = v.seq - 1 RETURNING accounts.id) \
+     SELECT COUNT(*) FROM u";
+
+/// SQLite has no data-modifying `WITH`: the same writes as statements of one call (one trip to
+/// the connection's thread; each changes a known number of rows).
+const WRITE_ENTRY_SQLITE: &str = "INSERT INTO journal_entries (id, kind, initiator_user_id, created_at, message_enc, card_name_enc, mac) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7); \
+     INSERT INTO postings (account_id, seq, entry_id, counterparty_account_id, amount_enc, created_at, prev_mac, mac) \
+         VALUES ($8, $9, $10, $11, $12, $13, $14, $15), ($16, $17, $18, $19, $20, $21, $22, $23); \
+     UPDATE accounts SET balance_enc = v.balance_enc, seq = v.seq, head_mac = v.head_mac \
+         FROM (SELECT $24 AS id, $25 AS balance_enc, $26 AS seq, $27 AS head_mac \
+               UNION ALL SELECT $28, $29, $30, $31) AS v \
+         WHERE accounts.id = v.id AND accounts.seq = v.seq - 1";
+
+const WRITE_ENTRY_KEYED_SQLITE: &str = "INSERT INTO journal_entries (id, kind, initiator_user_id, created_at, message_enc, card_name_enc, mac) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7); \
+     INSERT INTO postings (account_id, seq, entry_id, counterparty_account_id, amount_enc, created_at, prev_mac, mac) \
+         VALUES ($8, $9, $10, $11, $12, $13, $14, $15), ($16, $17, $18, $19, $20, $21, $22, $23); \
+     INSERT INTO idempotency_keys (user_id, key, entry_id, created_at) VALUES ($32, $33, $1, $4); \
+     UPDATE accounts SET balance_enc = v.balance_enc, seq = v.seq, head_mac = v.head_mac \
+         FROM (SELECT $24 AS id, $25 AS balance_enc, $26 AS seq, $27 AS head_mac \
+               UNION ALL SELECT $28, $29, $30, $31) AS v \
+         WHERE accounts.id = v.id AND accounts.seq = v.seq - 1";
+
+/// Writes an entry, its two postings, the two account heads and (for a customer's form) the
+/// idempotency outcome, in one round trip: on PostgreSQL one data-modifying `WITH` (foreign keys
+/// checked at its end), on SQLite the statements of one call. Either way an account whose head
+/// moved while locked is an error and the transaction must roll back.
 pub async fn write_entry(
     tx: &mut WriteTx,
     entry: &EntryRow,
     postings: &[PostingRow; 2],
     heads: [AccountHead<'_>; 2],
+    key: Option<CustomerKey<'_>>,
 ) -> Result<(), StoreError> {
-    if tx.conn().backend_name() != "PostgreSQL" {
-        insert_entry(tx, entry).await?;
-        insert_postings(tx, postings).await?;
-        update_account_heads(tx, heads).await?;
-        return Ok(());
-    }
+    let postgres = tx.conn().backend_name() == "PostgreSQL";
+    let sql = match (postgres, key.is_some()) {
+        (true, false) => WRITE_ENTRY_POSTGRES,
+        (true, true) => WRITE_ENTRY_KEYED_POSTGRES,
+        (false, false) => WRITE_ENTRY_SQLITE,
+        (false, true) => WRITE_ENTRY_KEYED_SQLITE,
+    };
     let [a, b] = postings;
     let [h0, h1] = heads;
-    let query = sqlx::query(
-        "WITH e AS (INSERT INTO journal_entries (id, kind, initiator_user_id, created_at, message_enc, card_name_enc, mac) \
-                    VALUES ($1, $2, $3, $4, $5, $6, $7)), \
-              p AS (INSERT INTO postings (account_id, seq, entry_id, counterparty_account_id, amount_enc, created_at, prev_mac, mac) \
-                    VALUES ($8, $9, $10, $11, $12, $13, $14, $15), ($16, $17, $18, $19, $20, $21, $22, $23)), \
-              u AS (UPDATE accounts SET balance_enc = v.balance_enc, seq = v.seq, head_mac = v.head_mac \
-                    FROM (VALUES ($24, $25, $26, $27), ($28, $29, $30, $31)) AS v (id, balance_enc, seq, head_mac) \
-                    WHERE accounts.id = v.id AND accounts.seq = v.seq - 1 RETURNING accounts.id) \
-         SELECT COUNT(*) FROM u",
-    );
-    let query = bind_posting(bind_posting(bind_entry(query, entry), a), b);
-    let updated: i64 = bind_head(bind_head(query, &h0), &h1)
-        .fetch_one(tx.conn())
-        .await
-        .map_err(|e| StoreError::from_insert(e, "journal entry"))?
-        .try_get(0)?;
-    if updated != 2 {
+    let query = bind_posting(bind_posting(bind_entry(sqlx::query(sql), entry), a), b);
+    let mut query = bind_head(bind_head(query, &h0), &h1);
+    if let Some(key) = &key {
+        query = query.bind(key.user_id).bind(key.key);
+    }
+    let inserted = |e| StoreError::from_insert(e, "journal entry");
+    let heads_moved = if postgres {
+        let updated: i64 = query
+            .fetch_one(tx.conn())
+            .await
+            .map_err(inserted)?
+            .try_get(0)?;
+        updated == 2
+    } else {
+        // The inserts either insert every row or fail; only the heads' update can fall short.
+        let rows = 1 + 2 + u64::from(key.is_some()) + 2;
+        query
+            .execute(tx.conn())
+            .await
+            .map_err(inserted)?
+            .rows_affected()
+            == rows
+    };
+    if !heads_moved {
         return Err(StoreError::Corrupt(format!(
             "an account of entry {} moved while locked",
             entry.id
@@ -375,26 +438,6 @@ pub async fn idempotent_entry(
             .fetch_optional(conn)
             .await?;
     Ok(row.map(|(id,)| id))
-}
-
-pub async fn insert_idempotency(
-    tx: &mut WriteTx,
-    user_id: i64,
-    key: &str,
-    entry_id: i64,
-    now: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO idempotency_keys (user_id, key, entry_id, created_at) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(user_id)
-    .bind(key)
-    .bind(entry_id)
-    .bind(now)
-    .execute(tx.conn())
-    .await
-    .map_err(|e| StoreError::from_insert(e, "idempotency key"))?;
-    Ok(())
 }
 
 type HistoryTuple = (
