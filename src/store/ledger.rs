@@ -167,6 +167,31 @@ async fn lock_pair(
     })
 }
 
+/// The three forms of a two-account lock whose rows `$filter` selects (see [`LockSql`]).
+macro_rules! lock_sql {
+    ($filter:literal) => {
+        LockSql {
+            postgres: concat!(
+                "SELECT id, user_id, kind, balance_enc, seq, head_mac FROM accounts WHERE ",
+                $filter,
+                " ORDER BY id FOR UPDATE"
+            ),
+            sqlite: concat!(
+                "SELECT id, user_id, kind, balance_enc, seq, head_mac FROM accounts WHERE ",
+                $filter,
+                " ORDER BY id"
+            ),
+            sqlite_keyed: concat!(
+                "SELECT id, user_id, kind, balance_enc, seq, head_mac, \
+                 (SELECT entry_id FROM idempotency_keys WHERE user_id = $3 AND key = $4) \
+                 FROM accounts WHERE ",
+                $filter,
+                " ORDER BY id"
+            ),
+        }
+    };
+}
+
 /// Locks the accounts of `user_a` and `user_b` (see [`lock_pair`]).
 pub async fn lock_accounts_of_users(
     db: &Db,
@@ -175,13 +200,7 @@ pub async fn lock_accounts_of_users(
     user_b: i64,
     key: Option<CustomerKey<'_>>,
 ) -> Result<Locked, StoreError> {
-    const SQL: LockSql = LockSql {
-        postgres: "SELECT id, user_id, kind, balance_enc, seq, head_mac FROM accounts WHERE user_id IN ($1, $2) ORDER BY id FOR UPDATE",
-        sqlite: "SELECT id, user_id, kind, balance_enc, seq, head_mac FROM accounts WHERE user_id IN ($1, $2) ORDER BY id",
-        sqlite_keyed: "SELECT id, user_id, kind, balance_enc, seq, head_mac, \
-             (SELECT entry_id FROM idempotency_keys WHERE user_id = $3 AND key = $4) \
-             FROM accounts WHERE user_id IN ($1, $2) ORDER BY id",
-    };
+    const SQL: LockSql = lock_sql!("user_id IN ($1, $2)");
     lock_pair(db, tx, &SQL, user_a, user_b, key).await
 }
 
@@ -193,13 +212,7 @@ pub async fn lock_account_and_user(
     user_id: i64,
     key: Option<CustomerKey<'_>>,
 ) -> Result<Locked, StoreError> {
-    const SQL: LockSql = LockSql {
-        postgres: "SELECT id, user_id, kind, balance_enc, seq, head_mac FROM accounts WHERE id = $1 OR user_id = $2 ORDER BY id FOR UPDATE",
-        sqlite: "SELECT id, user_id, kind, balance_enc, seq, head_mac FROM accounts WHERE id = $1 OR user_id = $2 ORDER BY id",
-        sqlite_keyed: "SELECT id, user_id, kind, balance_enc, seq, head_mac, \
-             (SELECT entry_id FROM idempotency_keys WHERE user_id = $3 AND key = $4) \
-             FROM accounts WHERE id = $1 OR user_id = $2 ORDER BY id",
-    };
+    const SQL: LockSql = lock_sql!("id = $1 OR user_id = $2");
     lock_pair(db, tx, &SQL, id, user_id, key).await
 }
 
