@@ -473,7 +473,34 @@ impl Captcha {
         tx: &mut WriteTx,
         pending: PendingSpend,
     ) -> Result<(), CaptchaError> {
-        match captcha_store::spend_in(tx, &pending.key, pending.keep_until_millis).await? {
+        let outcome = captcha_store::spend_in(tx, &pending.key, pending.keep_until_millis).await?;
+        self.counted(outcome)
+    }
+
+    /// SQLite only: [`Captcha::spend_in`] and the customer's one-time-code `step`, in one call
+    /// (see `store::captcha::spend_with_step_in`): a replayed challenge spends no step.
+    /// `Ok(whether the step was spent)`.
+    pub async fn spend_with_step_in(
+        &self,
+        tx: &mut WriteTx,
+        pending: PendingSpend,
+        user_id: i64,
+        step: i64,
+    ) -> Result<bool, CaptchaError> {
+        let (outcome, step_spent) = captcha_store::spend_with_step_in(
+            tx,
+            &pending.key,
+            pending.keep_until_millis,
+            user_id,
+            step,
+        )
+        .await?;
+        self.counted(outcome)?;
+        Ok(step_spent)
+    }
+
+    fn counted(&self, outcome: SpendOutcome) -> Result<(), CaptchaError> {
+        match outcome {
             SpendOutcome::Spent => {
                 // Counted before the commit: at worst a rolled-back spend is counted until the
                 // next prune recounts the rows.

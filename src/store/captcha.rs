@@ -50,6 +50,42 @@ pub async fn spend_in(
     })
 }
 
+/// SQLite only: [`spend_in`] and, only when the challenge was not spent before, the customer's
+/// one-time-code step (as `users::spend_totp_step_in`), as the statements of one call — a money
+/// form's first two writes in one trip to the writer's connection thread. Within SQLite's one
+/// write transaction nothing can come between the check and the mark. Returns the captcha's
+/// outcome and whether the step was spent.
+pub async fn spend_with_step_in(
+    tx: &mut WriteTx,
+    challenge_hash: &[u8],
+    expires_at: i64,
+    user_id: i64,
+    step: i64,
+) -> Result<(SpendOutcome, bool), StoreError> {
+    let changed = sqlx::query(
+        "UPDATE users SET totp_last_step = $3 WHERE id = $4 AND totp_last_step < $3 \
+           AND NOT EXISTS (SELECT 1 FROM captcha_spent WHERE challenge_hash = $1); \
+         INSERT INTO captcha_spent (challenge_hash, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(challenge_hash)
+    .bind(expires_at)
+    .bind(step)
+    .bind(user_id)
+    .execute(tx.conn())
+    .await
+    .map_err(|e| StoreError::from_insert(e, "captcha challenge"))?
+    .rows_affected();
+    // The step changes only when the challenge is new, and the mark only then: 0, 1 or 2 rows.
+    match changed {
+        0 => Ok((SpendOutcome::AlreadySpent, false)),
+        1 => Ok((SpendOutcome::Spent, false)),
+        2 => Ok((SpendOutcome::Spent, true)),
+        n => Err(StoreError::Corrupt(format!(
+            "spending a captcha and a code step changed {n} rows"
+        ))),
+    }
+}
+
 /// Deletes at most `limit` rows that expired before `now` (Unix milliseconds), in one short write
 /// transaction; returns how many were deleted. Call again while it returns `limit`.
 pub async fn prune_expired(db: &Db, now: i64, limit: i64) -> Result<u64, StoreError> {

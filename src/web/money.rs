@@ -25,8 +25,8 @@ use crate::domain::{Amount, CardName, DepositAmount, IdempotencyKey, Message, Us
 use crate::ledger::LedgerError;
 use crate::limits::HISTORY_PAGE_ROWS;
 use crate::startup::Services;
-use crate::store::WriteTx;
 use crate::store::group::{BatchError, Batched, Verdict};
+use crate::store::{Engine, WriteTx};
 use futures_util::future::BoxFuture;
 
 /// Issues an idempotency key for this customer: `random.mac`, so a key cannot be forged or
@@ -373,28 +373,46 @@ impl MovementWrite {
     async fn run_in(&self, tx: &mut WriteTx) -> (Verdict, MovementOutcome) {
         let services = &self.services;
         let user_id = self.user_id;
-        if let Some(pending) = self.pending.clone()
-            && let Err(error) = services.captcha.spend_in(tx, pending).await
-        {
+        let captcha_refused = |error: CaptchaError| {
             let verdict = if error.is_operating_error() {
                 Verdict::Abort
             } else {
                 Verdict::Keep // nothing was written
             };
-            return (verdict, MovementOutcome::CaptchaRefused(error));
-        }
+            (verdict, MovementOutcome::CaptchaRefused(error))
+        };
         let abort = |error: &dyn std::fmt::Display| {
             (
                 Verdict::Abort,
                 MovementOutcome::Done(Err(unavailable(error))),
             )
         };
-        let code_ok = match self.step {
-            Some(step) => match crate::store::users::spend_totp_step_in(tx, user_id, step).await {
+        let code_ok = match (self.pending.clone(), self.step) {
+            // SQLite: the captcha mark and the code step are one trip to the writer's thread.
+            (Some(pending), Some(step)) if services.db.engine() == Engine::Sqlite => match services
+                .captcha
+                .spend_with_step_in(tx, pending, user_id, step)
+                .await
+            {
                 Ok(spent) => spent,
-                Err(error) => return abort(&error),
+                Err(error) => return captcha_refused(error),
             },
-            None => false,
+            (pending, step) => {
+                if let Some(pending) = pending
+                    && let Err(error) = services.captcha.spend_in(tx, pending).await
+                {
+                    return captcha_refused(error);
+                }
+                match step {
+                    Some(step) => {
+                        match crate::store::users::spend_totp_step_in(tx, user_id, step).await {
+                            Ok(spent) => spent,
+                            Err(error) => return abort(&error),
+                        }
+                    }
+                    None => false,
+                }
+            }
         };
         let ctx = self.context.audit();
         let refusal = if !code_ok {

@@ -842,3 +842,53 @@ fn error_messages_are_safe_to_show() {
         assert!(error.user_message().ends_with('.'));
     }
 }
+
+/// SQLite's one-call spend of a money form's captcha and code step: a replayed challenge spends
+/// no step, and a new challenge is marked whether or not its step is accepted.
+#[tokio::test]
+async fn a_replayed_challenge_spends_no_code_step() {
+    use alphabank::store::Engine;
+    use alphabank::store::captcha::SpendOutcome;
+    let (services, _dir) = test_services().await;
+    if services.db.engine() != Engine::Sqlite {
+        return; // PostgreSQL spends them as two statements (covered by the form tests)
+    }
+    let user = crate::helpers::customer(&services, "stepper").await;
+    let expires = alphabank::now_millis() + 60_000;
+    let last_step = || async {
+        let (step,): (i64,) = sqlx::query_as("SELECT totp_last_step FROM users WHERE id = $1")
+            .bind(user)
+            .fetch_one(services.db.pool())
+            .await
+            .unwrap();
+        step
+    };
+    let spend = |hash: [u8; 32], step: i64| {
+        let db = services.db.clone();
+        async move {
+            let mut tx = db.begin_write().await.unwrap();
+            let result = captcha_store::spend_with_step_in(&mut tx, &hash, expires, user, step)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            result
+        }
+    };
+    assert_eq!(spend([1; 32], 100).await, (SpendOutcome::Spent, true));
+    assert_eq!(last_step().await, 100);
+    // The same challenge with a newer step: refused, and the step stays unspent.
+    assert_eq!(
+        spend([1; 32], 101).await,
+        (SpendOutcome::AlreadySpent, false)
+    );
+    assert_eq!(last_step().await, 100);
+    // A new challenge with an old step: the challenge is spent, the step is not accepted.
+    assert_eq!(spend([2; 32], 100).await, (SpendOutcome::Spent, false));
+    assert_eq!(
+        spend([2; 32], 102).await,
+        (SpendOutcome::AlreadySpent, false)
+    );
+    // The step the replay could not take is still there for a new challenge.
+    assert_eq!(spend([3; 32], 101).await, (SpendOutcome::Spent, true));
+    assert_eq!(last_step().await, 101);
+}
