@@ -477,8 +477,8 @@ impl Captcha {
         self.counted(outcome)
     }
 
-    /// SQLite only: [`Captcha::spend_in`] and the customer's one-time-code `step`, in one call
-    /// (see `store::captcha::spend_with_step_in`): a replayed challenge spends no step.
+    /// [`Captcha::spend_in`] and the customer's one-time-code `step` (on SQLite in one call; see
+    /// `store::captcha::spend_with_step_in`): a replayed challenge spends no step.
     /// `Ok(whether the step was spent)`.
     pub async fn spend_with_step_in(
         &self,

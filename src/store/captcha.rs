@@ -50,11 +50,11 @@ pub async fn spend_in(
     })
 }
 
-/// SQLite only: [`spend_in`] and, only when the challenge was not spent before, the customer's
-/// one-time-code step (as `users::spend_totp_step_in`), as the statements of one call — a money
-/// form's first two writes in one trip to the writer's connection thread. Within SQLite's one
-/// write transaction nothing can come between the check and the mark. Returns the captcha's
-/// outcome and whether the step was spent.
+/// [`spend_in`] and, only when the challenge was not spent before, the customer's one-time-code
+/// step (as `users::spend_totp_step_in`): a money form's first two writes. Returns the captcha's
+/// outcome and whether the step was spent. On SQLite they are the statements of one call (one
+/// trip to the writer's connection thread; within its one write transaction nothing can come
+/// between the check and the mark); on PostgreSQL, two statements.
 pub async fn spend_with_step_in(
     tx: &mut WriteTx,
     challenge_hash: &[u8],
@@ -62,6 +62,12 @@ pub async fn spend_with_step_in(
     user_id: i64,
     step: i64,
 ) -> Result<(SpendOutcome, bool), StoreError> {
+    if tx.conn().backend_name() == "PostgreSQL" {
+        let outcome = spend_in(tx, challenge_hash, expires_at).await?;
+        let spent = outcome == SpendOutcome::Spent
+            && super::users::spend_totp_step_in(tx, user_id, step).await?;
+        return Ok((outcome, spent));
+    }
     let changed = sqlx::query(
         "UPDATE users SET totp_last_step = $3 WHERE id = $4 AND totp_last_step < $3 \
            AND NOT EXISTS (SELECT 1 FROM captcha_spent WHERE challenge_hash = $1); \

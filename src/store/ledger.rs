@@ -304,47 +304,88 @@ pub struct CustomerKey<'a> {
     pub key: &'a str,
 }
 
-/// The entry, both postings and both account heads, as one data-modifying `WITH` (PostgreSQL).
-const WRITE_ENTRY_POSTGRES: &str = "WITH e AS (INSERT INTO journal_entries (id, kind, initiator_user_id, created_at, message_enc, card_name_enc, mac) \
-                VALUES ($1, $2, $3, $4, $5, $6, $7)), \
-          p AS (INSERT INTO postings (account_id, seq, entry_id, counterparty_account_id, amount_enc, created_at, prev_mac, mac) \
-                VALUES ($8, $9, $10, $11, $12, $13, $14, $15), ($16, $17, $18, $19, $20, $21, $22, $23)), \
-          u AS (UPDATE accounts SET balance_enc = v.balance_enc, seq = v.seq, head_mac = v.head_mac \
-                FROM (VALUES ($24, $25, $26, $27), ($28, $29, $30, $31)) AS v (id, balance_enc, seq, head_mac) \
-                WHERE accounts.id = v.id AND accounts.seq = v.seq - 1 RETURNING accounts.id) \
-     SELECT COUNT(*) FROM u";
+/// The parts of [`write_entry`]'s SQL (macros, so that `concat!` can join them at compile time).
+macro_rules! insert_entry_sql {
+    () => {
+        "INSERT INTO journal_entries (id, kind, initiator_user_id, created_at, message_enc, card_name_enc, mac) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)"
+    };
+}
+macro_rules! insert_postings_sql {
+    () => {
+        "INSERT INTO postings (account_id, seq, entry_id, counterparty_account_id, amount_enc, created_at, prev_mac, mac) \
+         VALUES ($8, $9, $10, $11, $12, $13, $14, $15), ($16, $17, $18, $19, $20, $21, $22, $23)"
+    };
+}
+macro_rules! insert_key_sql {
+    () => {
+        "INSERT INTO idempotency_keys (user_id, key, entry_id, created_at) VALUES ($32, $33, $1, $4)"
+    };
+}
+/// Both account heads, each only if still at the `seq` before its new one (`$24`–`$31`).
+macro_rules! update_heads_sql {
+    ($values:literal) => {
+        concat!(
+            "UPDATE accounts SET balance_enc = v.balance_enc, seq = v.seq, head_mac = v.head_mac FROM ",
+            $values,
+            " WHERE accounts.id = v.id AND accounts.seq = v.seq - 1"
+        )
+    };
+}
+macro_rules! postgres_heads_sql {
+    () => {
+        update_heads_sql!(
+            "(VALUES ($24, $25, $26, $27), ($28, $29, $30, $31)) AS v (id, balance_enc, seq, head_mac)"
+        )
+    };
+}
+macro_rules! sqlite_heads_sql {
+    () => {
+        update_heads_sql!(
+            "(SELECT $24 AS id, $25 AS balance_enc, $26 AS seq, $27 AS head_mac UNION ALL SELECT $28, $29, $30, $31) AS v"
+        )
+    };
+}
 
-/// The same with the idempotency outcome (`$32`, `$33`).
-const WRITE_ENTRY_KEYED_POSTGRES: &str = "WITH e AS (INSERT INTO journal_entries (id, kind, initiator_user_id, created_at, message_enc, card_name_enc, mac) \
-                VALUES ($1, $2, $3, $4, $5, $6, $7)), \
-          p AS (INSERT INTO postings (account_id, seq, entry_id, counterparty_account_id, amount_enc, created_at, prev_mac, mac) \
-                VALUES ($8, $9, $10, $11, $12, $13, $14, $15), ($16, $17, $18, $19, $20, $21, $22, $23)), \
-          i AS (INSERT INTO idempotency_keys (user_id, key, entry_id, created_at) VALUES ($32, $33, $1, $4)), \
-          u AS (UPDATE accounts SET balance_enc = v.balance_enc, seq = v.seq, head_mac = v.head_mac \
-                FROM (VALUES ($24, $25, $26, $27), ($28, $29, $30, $31)) AS v (id, balance_enc, seq, head_mac) \
-                WHERE accounts.id = v.id AND accounts.seq = v.seq - 1 RETURNING accounts.id) \
-     SELECT COUNT(*) FROM u";
-
+/// PostgreSQL: one data-modifying `WITH`; it answers how many heads moved.
+const WRITE_ENTRY_POSTGRES: &str = concat!(
+    "WITH e AS (",
+    insert_entry_sql!(),
+    "), p AS (",
+    insert_postings_sql!(),
+    "), u AS (",
+    postgres_heads_sql!(),
+    " RETURNING accounts.id) SELECT COUNT(*) FROM u"
+);
+const WRITE_ENTRY_KEYED_POSTGRES: &str = concat!(
+    "WITH e AS (",
+    insert_entry_sql!(),
+    "), p AS (",
+    insert_postings_sql!(),
+    "), i AS (",
+    insert_key_sql!(),
+    "), u AS (",
+    postgres_heads_sql!(),
+    " RETURNING accounts.id) SELECT COUNT(*) FROM u"
+);
 /// SQLite has no data-modifying `WITH`: the same writes as statements of one call (one trip to
 /// the connection's thread; each changes a known number of rows).
-const WRITE_ENTRY_SQLITE: &str = "INSERT INTO journal_entries (id, kind, initiator_user_id, created_at, message_enc, card_name_enc, mac) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7); \
-     INSERT INTO postings (account_id, seq, entry_id, counterparty_account_id, amount_enc, created_at, prev_mac, mac) \
-         VALUES ($8, $9, $10, $11, $12, $13, $14, $15), ($16, $17, $18, $19, $20, $21, $22, $23); \
-     UPDATE accounts SET balance_enc = v.balance_enc, seq = v.seq, head_mac = v.head_mac \
-         FROM (SELECT $24 AS id, $25 AS balance_enc, $26 AS seq, $27 AS head_mac \
-               UNION ALL SELECT $28, $29, $30, $31) AS v \
-         WHERE accounts.id = v.id AND accounts.seq = v.seq - 1";
-
-const WRITE_ENTRY_KEYED_SQLITE: &str = "INSERT INTO journal_entries (id, kind, initiator_user_id, created_at, message_enc, card_name_enc, mac) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7); \
-     INSERT INTO postings (account_id, seq, entry_id, counterparty_account_id, amount_enc, created_at, prev_mac, mac) \
-         VALUES ($8, $9, $10, $11, $12, $13, $14, $15), ($16, $17, $18, $19, $20, $21, $22, $23); \
-     INSERT INTO idempotency_keys (user_id, key, entry_id, created_at) VALUES ($32, $33, $1, $4); \
-     UPDATE accounts SET balance_enc = v.balance_enc, seq = v.seq, head_mac = v.head_mac \
-         FROM (SELECT $24 AS id, $25 AS balance_enc, $26 AS seq, $27 AS head_mac \
-               UNION ALL SELECT $28, $29, $30, $31) AS v \
-         WHERE accounts.id = v.id AND accounts.seq = v.seq - 1";
+const WRITE_ENTRY_SQLITE: &str = concat!(
+    insert_entry_sql!(),
+    "; ",
+    insert_postings_sql!(),
+    "; ",
+    sqlite_heads_sql!()
+);
+const WRITE_ENTRY_KEYED_SQLITE: &str = concat!(
+    insert_entry_sql!(),
+    "; ",
+    insert_postings_sql!(),
+    "; ",
+    insert_key_sql!(),
+    "; ",
+    sqlite_heads_sql!()
+);
 
 /// Writes an entry, its two postings, the two account heads and (for a customer's form) the
 /// idempotency outcome, in one round trip: on PostgreSQL one data-modifying `WITH` (foreign keys

@@ -25,8 +25,8 @@ use crate::domain::{Amount, CardName, DepositAmount, IdempotencyKey, Message, Us
 use crate::ledger::LedgerError;
 use crate::limits::HISTORY_PAGE_ROWS;
 use crate::startup::Services;
+use crate::store::WriteTx;
 use crate::store::group::{BatchError, Batched, Verdict};
-use crate::store::{Engine, WriteTx};
 use futures_util::future::BoxFuture;
 
 /// Issues an idempotency key for this customer: `random.mac`, so a key cannot be forged or
@@ -388,8 +388,8 @@ impl MovementWrite {
             )
         };
         let code_ok = match (self.pending.clone(), self.step) {
-            // SQLite: the captcha mark and the code step are one trip to the writer's thread.
-            (Some(pending), Some(step)) if services.db.engine() == Engine::Sqlite => match services
+            // Both: one trip to the writer's thread on SQLite.
+            (Some(pending), Some(step)) => match services
                 .captcha
                 .spend_with_step_in(tx, pending, user_id, step)
                 .await

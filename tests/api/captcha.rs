@@ -843,16 +843,12 @@ fn error_messages_are_safe_to_show() {
     }
 }
 
-/// SQLite's one-call spend of a money form's captcha and code step: a replayed challenge spends
-/// no step, and a new challenge is marked whether or not its step is accepted.
+/// A money form's captcha and code step spent together (one call on SQLite): a replayed
+/// challenge spends no step, and a new challenge is marked whether or not its step is accepted.
 #[tokio::test]
 async fn a_replayed_challenge_spends_no_code_step() {
-    use alphabank::store::Engine;
     use alphabank::store::captcha::SpendOutcome;
     let (services, _dir) = test_services().await;
-    if services.db.engine() != Engine::Sqlite {
-        return; // PostgreSQL spends them as two statements (covered by the form tests)
-    }
     let user = crate::helpers::customer(&services, "stepper").await;
     let expires = alphabank::now_millis() + 60_000;
     let last_step = || async {
