@@ -15,7 +15,10 @@
 //!   customers send each other 1 kr (form GET + POST with a fresh code, captcha solved) with
 //!   `--concurrency` (64) in flight, round-robin, as long as codes allow within `--duration`.
 //!   Counts the 303s; transfers/s is over the time spent transferring (never over waits for the
-//!   next TOTP step).
+//!   next TOTP step). With `--state FILE` the customers' last TOTP steps and session cookies are
+//!   read from FILE when it exists and written to it at the end, so a later run with the same
+//!   customers (the other transport) logs in only those whose session ended and never replays a
+//!   code; a customer who still holds 100 kr makes no deposit.
 //! - `login-flood`: `--flood` (200) concurrent wrong-password logins for `--duration` seconds while
 //!   `home` runs (16 connections) for another customer: home p99 during the flood.
 //! - `smoke`: log in one customer, a few home requests, one deposit, one transfer; exits non-zero
@@ -105,6 +108,20 @@ struct Args {
     /// A free-form label copied into the result (e.g. "sqlite https").
     #[arg(long, default_value = "")]
     label: String,
+    /// transfer: a JSON file (mode 0600) of each customer's last TOTP step and session cookie,
+    /// read at the start when it exists and written at the end. A later run with the same
+    /// customers (the other transport) then neither replays a code nor logs in again while the
+    /// sessions are alive.
+    #[arg(long)]
+    state: Option<PathBuf>,
+}
+
+/// One customer's entry in `--state`.
+#[derive(serde::Serialize, Deserialize)]
+struct SavedCustomer {
+    last_step: i64,
+    /// `name=value` pairs of the session cookies, as a `Cookie` header sends them.
+    cookies: String,
 }
 
 #[derive(Deserialize)]
@@ -122,6 +139,8 @@ struct Customer {
     password: String,
     secret: TotpSecret,
     client: reqwest::Client,
+    /// The client's cookie jar (for `--state`).
+    jar: Arc<reqwest::cookie::Jar>,
     last_step: AtomicI64,
     /// A transfer of this customer is in flight. One at a time, as one person sends money: two
     /// forms in flight at once could reach the server out of the order of their codes' steps,
@@ -209,10 +228,10 @@ struct Tls {
 }
 
 impl Ctx {
-    fn client(&self) -> Result<reqwest::Client> {
+    fn client(&self, jar: Arc<reqwest::cookie::Jar>) -> Result<reqwest::Client> {
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .cookie_store(true)
+            .cookie_provider(jar)
             .tcp_nodelay(true)
             .pool_idle_timeout(IDLE_CONNECTION_REUSE)
             .timeout(Duration::from_secs(60));
@@ -536,17 +555,76 @@ fn load_customers(args: &Args, ctx: &Ctx) -> Result<Vec<Arc<Customer>>> {
             let bytes = data_encoding::BASE32_NOPAD
                 .decode(s.totp_secret.trim_end_matches('=').as_bytes())
                 .context("totp_secret is not base32")?;
+            let jar = Arc::new(reqwest::cookie::Jar::default());
             Ok(Arc::new(Customer {
                 username: s.username,
                 email: s.email,
                 password: s.password,
                 secret: TotpSecret::from_bytes(&bytes),
-                client: ctx.client()?,
+                client: ctx.client(jar.clone())?,
+                jar,
                 last_step: AtomicI64::new(i64::MIN / 2),
                 sending: AtomicBool::new(false),
             }))
         })
         .collect()
+}
+
+/// `--state`: restores each customer's last TOTP step and session cookies from an earlier run.
+/// Returns how many customers had a saved session.
+fn restore_state(path: &std::path::Path, ctx: &Ctx, customers: &[Arc<Customer>]) -> Result<usize> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
+    };
+    let saved: std::collections::HashMap<String, SavedCustomer> =
+        serde_json::from_str(&text).context("state JSON")?;
+    let url: reqwest::Url = ctx.url("/").parse().context("base URL")?;
+    let mut sessions = 0;
+    for c in customers {
+        let Some(entry) = saved.get(&c.username) else {
+            continue;
+        };
+        c.last_step.fetch_max(entry.last_step, Ordering::SeqCst);
+        let mut any = false;
+        for pair in entry.cookies.split("; ").filter(|p| p.contains('=')) {
+            // The server's session cookie is `__Host-`: Secure, Path=/, no Domain.
+            c.jar
+                .add_cookie_str(&format!("{pair}; Path=/; Secure; HttpOnly"), &url);
+            any = true;
+        }
+        sessions += usize::from(any);
+    }
+    Ok(sessions)
+}
+
+/// `--state`: saves each customer's last TOTP step and session cookies (file mode 0600).
+fn save_state(path: &std::path::Path, ctx: &Ctx, customers: &[Arc<Customer>]) -> Result<()> {
+    use reqwest::cookie::CookieStore;
+    let url: reqwest::Url = ctx.url("/").parse().context("base URL")?;
+    let saved: std::collections::BTreeMap<&str, SavedCustomer> = customers
+        .iter()
+        .map(|c| {
+            let cookies = c
+                .jar
+                .cookies(&url)
+                .and_then(|v| v.to_str().ok().map(str::to_string))
+                .unwrap_or_default();
+            let last_step = c.last_step.load(Ordering::SeqCst);
+            (c.username.as_str(), SavedCustomer { last_step, cookies })
+        })
+        .collect();
+    let text = serde_json::to_string(&saved).context("state JSON")?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::io::Write::write_all(&mut file, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn find<'a>(customers: &'a [Arc<Customer>], username: &str) -> Result<&'a Arc<Customer>> {
@@ -627,13 +705,42 @@ async fn scenario_transfer(
     if list.len() < 2 {
         bail!("transfer needs at least 2 customers");
     }
-    let login_secs = login_all(&ctx, &list, args.login_concurrency).await?;
-    // Money to send: one ATM deposit each (a code-checked action too).
+    let restored = match &args.state {
+        Some(path) => restore_state(path, &ctx, &list)?,
+        None => 0,
+    };
+    let started_logins = Instant::now();
+    // Customers whose restored session is still alive (their home page shows a balance) need
+    // no login; the others log in. Money to send: an ATM deposit for every customer with less
+    // than 100 kr (seeded customers start with nothing).
+    let (mut to_log_in, mut to_deposit) = (Vec::new(), Vec::new());
+    for c in &list {
+        let balance = if restored > 0 {
+            let (status, page) = get_text(&c.client, &ctx.url("/")).await?;
+            if status == 200 {
+                balance_minor(&page).ok()
+            } else {
+                None
+            }
+        } else {
+            None
+        };
+        if balance.is_none() {
+            to_log_in.push(c.clone());
+        }
+        if balance.is_none_or(|minor| minor < 10_000) {
+            to_deposit.push(c.clone());
+        }
+    }
+    let logins = to_log_in.len();
+    login_all(&ctx, &to_log_in, args.login_concurrency).await?;
+    let login_secs = started_logins.elapsed().as_secs_f64();
+    // The deposits (code-checked actions too).
     let deposit_started = Instant::now();
     let deposits = Arc::new(AtomicU64::new(0));
     {
         let next = Arc::new(AtomicUsize::new(0));
-        let shared = Arc::new(list.clone());
+        let shared = Arc::new(to_deposit);
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..args.concurrency.unwrap_or(64) {
             let (ctx, next, shared, deposits) =
@@ -668,6 +775,11 @@ async fn scenario_transfer(
     }
     let deposit_secs = deposit_started.elapsed().as_secs_f64();
 
+    // When every customer's codes are used up (a run that follows another closely), the clock
+    // has to move on first; that wait is not counted.
+    if !list.iter().any(|c| c.has_code()) {
+        wait_for_next_step().await;
+    }
     // Transfers: round-robin over the customers; one whose codes are used up for now is skipped.
     let concurrency = args.concurrency.unwrap_or(64);
     let names: Arc<Vec<String>> = Arc::new(list.iter().map(|c| c.username.clone()).collect());
@@ -745,16 +857,21 @@ async fn scenario_transfer(
     }
     let secs = last_end.duration_since(started).as_secs_f64();
     let tps = ok as f64 / secs.max(1e-9);
+    if let Some(path) = &args.state {
+        save_state(path, &ctx, &shared)?;
+    }
     Ok(Report {
         json: serde_json::json!({
-            "customers": n, "concurrency": concurrency, "login_seconds": login_secs,
+            "customers": n, "concurrency": concurrency, "logins": logins,
+            "sessions_reused": n - logins, "login_seconds": login_secs,
             "deposits_303": deposits.load(Ordering::Relaxed), "deposit_seconds": deposit_secs,
             "transfers_303": ok, "refused": refused, "refusals": refusals, "seconds": secs,
             "transfers_per_s": tps, "p50_ms": ms(&total, 0.5), "p99_ms": ms(&total, 0.99),
             "max_ms": total.max() as f64 / 1000.0,
         }),
         text: format!(
-            "transfer ({n} customers, {concurrency} in flight): logins {login_secs:.1} s, {} deposits in {deposit_secs:.1} s; {ok} transfers (303), {refused} refused in {secs:.2} s: {tps:.0} transfers/s, p50 {:.2} ms, p99 {:.2} ms (form GET + POST){}",
+            "transfer ({n} customers, {concurrency} in flight): {logins} logins ({} sessions reused) {login_secs:.1} s, {} deposits in {deposit_secs:.1} s; {ok} transfers (303), {refused} refused in {secs:.2} s: {tps:.0} transfers/s, p50 {:.2} ms, p99 {:.2} ms (form GET + POST){}",
+            n - logins,
             deposits.load(Ordering::Relaxed),
             ms(&total, 0.5),
             ms(&total, 0.99),
@@ -788,7 +905,7 @@ async fn scenario_login_flood(
             attempts.clone(),
             statuses.clone(),
         );
-        let client = ctx.client()?;
+        let client = ctx.client(Arc::default())?;
         flood.spawn(async move {
             let mut n: u64 = 0;
             while !stop.load(Ordering::Relaxed) {
