@@ -17,7 +17,7 @@ use sqlx::AnyConnection;
 
 use crate::crypto::{Keyring, sha256};
 use crate::limits::{AUDIT_ANONYMOUS_STREAMS, SCAN_BATCH_ROWS};
-use crate::store::audit::{self as audit_store, AuditRow};
+use crate::store::audit::{self as audit_store, AuditHead, AuditRow};
 use crate::store::{Db, StoreError, WriteTx};
 
 /// Every security-relevant event. The variant name is the event name (`snake_case`).
@@ -177,9 +177,14 @@ pub struct AuditLog {
     keyring: Keyring,
 }
 
+/// The stream of a customer's events.
+pub fn user_stream(user_id: i64) -> String {
+    format!("u{user_id}")
+}
+
 fn stream_of(ctx: &AuditContext) -> String {
     match (ctx.user_id, ctx.client_ip) {
-        (Some(user_id), _) => format!("u{user_id}"),
+        (Some(user_id), _) => user_stream(user_id),
         (None, Some(ip)) => {
             let digest = sha256(ip.to_string().as_bytes());
             let shard = u64::from_be_bytes(
@@ -237,10 +242,27 @@ impl AuditLog {
         ctx: &AuditContext,
         event: AuditEvent,
     ) -> Result<(), AuditError> {
+        self.record_in_after(tx, ctx, event, None).await
+    }
+
+    /// [`Audit::record_in`] for a caller that already read the head of the event's stream under
+    /// this transaction's write lock (on SQLite, a money movement reads it in the statement
+    /// that locks its accounts: one statement fewer). A head of another stream, or none, is
+    /// read here. A stale head cannot fork the chain: the append moves the head only from the
+    /// `seq` it was read at, and fails otherwise.
+    pub async fn record_in_after(
+        &self,
+        tx: &mut WriteTx,
+        ctx: &AuditContext,
+        event: AuditEvent,
+        head: Option<AuditHead>,
+    ) -> Result<(), AuditError> {
         let (name, detail) = event.name_and_detail();
         let stream = stream_of(ctx);
-        let (seq, prev_mac) =
-            audit_store::lock_head(&self.db, tx, &stream, &self.genesis_mac(&stream)).await?;
+        let (seq, prev_mac) = match head {
+            Some(head) if head.stream == stream => (head.seq, head.mac),
+            _ => audit_store::lock_head(&self.db, tx, &stream, &self.genesis_mac(&stream)).await?,
+        };
         let mut row = AuditRow {
             id: 0,
             stream,

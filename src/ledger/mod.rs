@@ -297,10 +297,8 @@ impl Ledger {
         card_name: &CardName,
         key: &IdempotencyKey,
     ) -> Result<Outcome, LedgerError> {
-        let customer_key = CustomerKey {
-            user_id,
-            key: key.as_str(),
-        };
+        let audit_stream = crate::audit::user_stream(user_id);
+        let customer_key = CustomerKey::new(user_id, key, &audit_stream);
         let locked = ledger_store::lock_account_and_user(
             &self.db,
             tx,
@@ -313,6 +311,7 @@ impl Ledger {
         if let Some(entry_id) = locked.replayed {
             return Ok(Outcome::Replayed { entry_id });
         }
+        let locked_head = locked.audit_head;
         let (cash, customer) = split_pair(locked.accounts, |a| a.id == CASH_ACCOUNT_ID)?;
         let entry_id = random_row_id();
         let content = EntryContent {
@@ -332,10 +331,11 @@ impl Ledger {
         )
         .await?;
         self.audit
-            .record_in(
+            .record_in_after(
                 tx,
                 &ctx.with_user(user_id),
                 AuditEvent::Deposit { entry_id },
+                locked_head,
             )
             .await?;
         Ok(Outcome::Moved { entry_id })
@@ -389,10 +389,8 @@ impl Ledger {
         if to_user_id == user_id {
             return Err(LedgerError::SelfTransfer);
         }
-        let customer_key = CustomerKey {
-            user_id,
-            key: key.as_str(),
-        };
+        let audit_stream = crate::audit::user_stream(user_id);
+        let customer_key = CustomerKey::new(user_id, key, &audit_stream);
         let locked = ledger_store::lock_accounts_of_users(
             &self.db,
             tx,
@@ -401,7 +399,7 @@ impl Ledger {
             Some(customer_key),
         )
         .await?;
-        let accounts = locked.accounts;
+        let (accounts, locked_head) = (locked.accounts, locked.audit_head);
         if accounts.len() == 1 && accounts.iter().all(|a| a.user_id == Some(user_id)) {
             return Err(LedgerError::UnknownReceiver);
         }
@@ -434,13 +432,14 @@ impl Ledger {
         )
         .await?;
         self.audit
-            .record_in(
+            .record_in_after(
                 tx,
                 &ctx.with_user(user_id),
                 AuditEvent::Transfer {
                     entry_id,
                     to_user_id,
                 },
+                locked_head,
             )
             .await?;
         Ok(Outcome::Moved { entry_id })

@@ -52,6 +52,14 @@ fn row(t: AuditTuple) -> AuditRow {
 const COLUMNS: &str =
     "id, stream, seq, created_at, event, user_id, client_ip, request_id, detail, prev_mac, mac";
 
+/// A stream's head as read under the transaction's write lock: the last event's `seq` and MAC.
+#[derive(Debug, Clone)]
+pub struct AuditHead {
+    pub stream: String,
+    pub seq: i64,
+    pub mac: Vec<u8>,
+}
+
 /// Locks the head of `stream` (creating it with `genesis_mac` if new) and returns `(seq, mac)`.
 pub async fn lock_head(
     _db: &Db,

@@ -4,6 +4,7 @@ use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 use sqlx::{Any, AnyConnection, Row};
 
+use super::audit::AuditHead;
 use super::{Db, Engine, StoreError, WriteTx};
 
 pub const CASH_ACCOUNT_ID: i64 = 1;
@@ -110,10 +111,15 @@ pub async fn lock_account(
 pub struct Locked {
     pub accounts: Vec<AccountRow>,
     pub replayed: Option<i64>,
+    /// SQLite, with a key: the head of the key's audit stream, read in the same statement
+    /// (`None` when the stream has no head yet, and always on PostgreSQL, where the audit head
+    /// is row-locked by its own statement).
+    pub audit_head: Option<AuditHead>,
 }
 
 /// The statements that lock two accounts, one engine each; SQLite's keyed form also reads the
-/// key's entry (`$3`, `$4`) in the same statement.
+/// key's entry (`$3`, `$4`) and the head of the customer's audit stream (`$5`) in the same
+/// statement.
 struct LockSql {
     postgres: &'static str,
     sqlite: &'static str,
@@ -134,7 +140,17 @@ async fn lock_pair(
     b: i64,
     key: Option<CustomerKey<'_>>,
 ) -> Result<Locked, StoreError> {
-    type KeyedTuple = (i64, Option<i64>, String, Vec<u8>, i64, Vec<u8>, Option<i64>);
+    type KeyedTuple = (
+        i64,
+        Option<i64>,
+        String,
+        Vec<u8>,
+        i64,
+        Vec<u8>,
+        Option<i64>,
+        Option<i64>,
+        Option<Vec<u8>>,
+    );
     if db.engine() == Engine::Sqlite
         && let Some(key) = &key
     {
@@ -143,14 +159,27 @@ async fn lock_pair(
             .bind(b)
             .bind(key.user_id)
             .bind(key.key)
+            .bind(key.audit_stream)
             .fetch_all(tx.conn())
             .await?;
         let replayed = rows.iter().find_map(|t| t.6);
+        let audit_head = rows.iter().find_map(|t| match (t.7, &t.8) {
+            (Some(seq), Some(mac)) => Some(AuditHead {
+                stream: key.audit_stream.to_string(),
+                seq,
+                mac: mac.clone(),
+            }),
+            _ => None,
+        });
         let accounts = rows
             .into_iter()
             .map(|t| account((t.0, t.1, t.2, t.3, t.4, t.5)))
             .collect();
-        return Ok(Locked { accounts, replayed });
+        return Ok(Locked {
+            accounts,
+            replayed,
+            audit_head,
+        });
     }
     let rows: Vec<AccountTuple> = sqlx::query_as(db.for_update(sql.postgres, sql.sqlite))
         .bind(a)
@@ -164,6 +193,7 @@ async fn lock_pair(
     Ok(Locked {
         accounts: rows.into_iter().map(account).collect(),
         replayed,
+        audit_head: None,
     })
 }
 
@@ -183,7 +213,9 @@ macro_rules! lock_sql {
             ),
             sqlite_keyed: concat!(
                 "SELECT id, user_id, kind, balance_enc, seq, head_mac, \
-                 (SELECT entry_id FROM idempotency_keys WHERE user_id = $3 AND key = $4) \
+                 (SELECT entry_id FROM idempotency_keys WHERE user_id = $3 AND key = $4), \
+                 (SELECT seq FROM audit_heads WHERE stream = $5), \
+                 (SELECT mac FROM audit_heads WHERE stream = $5) \
                  FROM accounts WHERE ",
                 $filter,
                 " ORDER BY id"
@@ -297,11 +329,28 @@ pub struct AccountHead<'a> {
     pub head_mac: &'a [u8],
 }
 
-/// A customer's idempotency key: read under a movement's locks, written with its entry.
+/// A customer's idempotency key: read under a movement's locks, written with its entry. With it,
+/// the audit stream the movement's event goes to (the customer's): on SQLite the lock statement
+/// reads that stream's head too.
 #[derive(Debug, Clone, Copy)]
 pub struct CustomerKey<'a> {
     pub user_id: i64,
     pub key: &'a str,
+    pub audit_stream: &'a str,
+}
+
+impl<'a> CustomerKey<'a> {
+    pub fn new(
+        user_id: i64,
+        key: &'a crate::domain::IdempotencyKey,
+        audit_stream: &'a str,
+    ) -> Self {
+        CustomerKey {
+            user_id,
+            key: key.as_str(),
+            audit_stream,
+        }
+    }
 }
 
 /// The parts of [`write_entry`]'s SQL (macros, so that `concat!` can join them at compile time).
