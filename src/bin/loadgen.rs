@@ -164,44 +164,25 @@ impl Customer {
     /// when the no-replay rule leaves none until time moves on.
     fn next_code(&self) -> Option<String> {
         let now_secs = alphabank::now_millis() / 1000;
-        let now = current_step(now_secs);
-        // A code of step now − 1 stops being accepted when the step ends: near the end of a step
-        // the request might reach the server after that, so start from the current step then.
-        let oldest = if now_secs.rem_euclid(30) >= 25 {
-            now
-        } else {
-            now - 1
-        };
         let mut chosen = None;
         let _ = self
             .last_step
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
-                let step = last.saturating_add(1).max(oldest);
-                if step > now + 1 {
-                    chosen = None;
-                    None
-                } else {
-                    chosen = Some(step);
-                    Some(step)
-                }
+                chosen = choose_step(&self.secret, last, now_secs);
+                chosen.map(|(_, spent)| spent)
             });
-        chosen.map(|step| format!("{:06}", self.secret.code_at_step(step)))
+        chosen.map(|(step, _)| format!("{:06}", self.secret.code_at_step(step)))
     }
 
     /// Whether `next_code` would give a code now (without using it).
     fn has_code(&self) -> bool {
         let now_secs = alphabank::now_millis() / 1000;
-        let now = current_step(now_secs);
-        let oldest = if now_secs.rem_euclid(30) >= 25 {
-            now
-        } else {
-            now - 1
-        };
-        self.last_step
-            .load(Ordering::SeqCst)
-            .saturating_add(1)
-            .max(oldest)
-            <= now + 1
+        choose_step(
+            &self.secret,
+            self.last_step.load(Ordering::SeqCst),
+            now_secs,
+        )
+        .is_some()
     }
 
     /// Seconds until `next_code` will give a code again (0 when it would now).
@@ -212,6 +193,34 @@ impl Customer {
         let usable_at = last.saturating_mul(30);
         u64::try_from(usable_at.saturating_sub(now_secs)).unwrap_or(0)
     }
+}
+
+/// The step of a customer's next code, and the step the server will count as used by it; `None`
+/// when the no-replay rule leaves no step until time moves on. `last` is the newest step used.
+///
+/// The server accepts steps now − 1 … now + 1 that are newer than the last one used; a code of
+/// step now − 1 stops being accepted when the step ends, so near the end of a step (the request
+/// might arrive after it) the oldest step chosen is the current one. Two steps can share a code
+/// (one chance in a million per pair): the server spends the newest step of its window whose
+/// code matches, and its now may have moved on by one when the request arrives, so the newest
+/// step up to now + 2 with the same code counts as used.
+fn choose_step(secret: &TotpSecret, last: i64, now_secs: i64) -> Option<(i64, i64)> {
+    let now = current_step(now_secs);
+    let oldest = if now_secs.rem_euclid(30) >= 25 {
+        now
+    } else {
+        now - 1
+    };
+    let step = last.saturating_add(1).max(oldest);
+    if step > now + 1 {
+        return None;
+    }
+    let code = secret.code_at_step(step);
+    let spent = (step + 1..=now + 2)
+        .rev()
+        .find(|&later| secret.code_at_step(later) == code)
+        .unwrap_or(step);
+    Some((step, spent))
 }
 
 /// Everything the workers share.
@@ -1147,4 +1156,42 @@ async fn wait_for_next_step() {
         u64::try_from(until_next).unwrap_or(0),
     ))
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A secret whose codes of steps 59 863 919 and 59 863 920 are the same (986165); met in a
+    /// benchmark run, where the server spent the later step and refused the next code as a replay.
+    fn twin_secret() -> TotpSecret {
+        let bytes = data_encoding::BASE32_NOPAD
+            .decode(b"RKBT4TT7AYH6HGXK3BJDSTBMLIXAXCIU")
+            .unwrap_or_default();
+        TotpSecret::from_bytes(&bytes)
+    }
+
+    #[test]
+    fn a_later_step_with_the_same_code_counts_as_used() {
+        let secret = twin_secret();
+        assert_eq!(secret.code_at_step(59_863_919), 986_165);
+        assert_eq!(secret.code_at_step(59_863_920), 986_165);
+        let now_secs = 59_863_919 * 30 + 20;
+        // The current step's code; the server will count its twin, the next step, as used.
+        assert_eq!(
+            choose_step(&secret, 59_863_918, now_secs),
+            Some((59_863_919, 59_863_920))
+        );
+        // A step without a twin in the window counts as itself.
+        assert_eq!(
+            choose_step(&secret, 59_863_916, now_secs),
+            Some((59_863_918, 59_863_918))
+        );
+        // After the twin nothing is left until the clock moves on.
+        assert_eq!(choose_step(&secret, 59_863_920, now_secs), None);
+        assert_eq!(
+            choose_step(&secret, 59_863_920, now_secs + 30),
+            Some((59_863_921, 59_863_921))
+        );
+    }
 }
