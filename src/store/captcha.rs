@@ -54,7 +54,7 @@ pub async fn spend_in(
 /// step (as `users::spend_totp_step_in`): a money form's first two writes. Returns the captcha's
 /// outcome and whether the step was spent. On SQLite they are the statements of one call (one
 /// trip to the writer's connection thread; within its one write transaction nothing can come
-/// between the check and the mark); on PostgreSQL, two statements.
+/// between the check and the mark); on PostgreSQL, one data-modifying `WITH` statement.
 pub async fn spend_with_step_in(
     tx: &mut WriteTx,
     challenge_hash: &[u8],
@@ -63,10 +63,36 @@ pub async fn spend_with_step_in(
     step: i64,
 ) -> Result<(SpendOutcome, bool), StoreError> {
     if tx.conn().backend_name() == "PostgreSQL" {
-        let outcome = spend_in(tx, challenge_hash, expires_at).await?;
-        let spent = outcome == SpendOutcome::Spent
-            && super::users::spend_totp_step_in(tx, user_id, step).await?;
-        return Ok((outcome, spent));
+        // One statement: the step's update sees the mark's `RETURNING` rows, so it runs only
+        // when the mark was inserted. A concurrent spend of the same challenge makes the insert
+        // wait for that transaction and then do nothing; a concurrent code of the same customer
+        // makes the update wait for its row and re-check `totp_last_step` on the new version.
+        let counts: Result<(i64, i64), _> = sqlx::query_as(
+            "WITH c AS (INSERT INTO captcha_spent (challenge_hash, expires_at) VALUES ($1, $2) \
+                        ON CONFLICT DO NOTHING RETURNING 1), \
+                  u AS (UPDATE users SET totp_last_step = $3 \
+                        WHERE id = $4 AND totp_last_step < $3 AND EXISTS (SELECT 1 FROM c) RETURNING 1) \
+             SELECT (SELECT COUNT(*) FROM c), (SELECT COUNT(*) FROM u)",
+        )
+        .bind(challenge_hash)
+        .bind(expires_at)
+        .bind(step)
+        .bind(user_id)
+        .fetch_one(tx.conn())
+        .await;
+        let (marked, stepped) = match counts {
+            Ok(counts) => counts,
+            Err(error) => match StoreError::from_insert(error, "captcha challenge") {
+                StoreError::Conflict(_) => return Ok((SpendOutcome::AlreadySpent, false)),
+                other => return Err(other),
+            },
+        };
+        let outcome = if marked == 1 {
+            SpendOutcome::Spent
+        } else {
+            SpendOutcome::AlreadySpent
+        };
+        return Ok((outcome, stepped == 1));
     }
     let changed = sqlx::query(
         "UPDATE users SET totp_last_step = $3 WHERE id = $4 AND totp_last_step < $3 \
