@@ -111,9 +111,9 @@ pub async fn lock_account(
 pub struct Locked {
     pub accounts: Vec<AccountRow>,
     pub replayed: Option<i64>,
-    /// SQLite, with a key: the head of the key's audit stream, read in the same statement
-    /// (`None` when the stream has no head yet, and always on PostgreSQL, where the audit head
-    /// is row-locked by its own statement).
+    /// With a key: the head of the key's audit stream (the customer's), read under the locks —
+    /// on SQLite in the locking statement, on PostgreSQL row-locked with the key's read. `None`
+    /// when the stream has no head yet.
     pub audit_head: Option<AuditHead>,
 }
 
@@ -129,9 +129,10 @@ struct LockSql {
 /// Locks the rows `sql` selects in one statement, in ascending id order (PostgreSQL `FOR UPDATE`
 /// locks rows in the sorted order, so two movements cannot deadlock; SQLite holds its single
 /// write lock), and reads the entry `key` already produced under those locks: a concurrent
-/// submission with the same key may have won. On SQLite that read is part of the statement (one
-/// trip to the writer's thread); on PostgreSQL it follows the lock, because a statement reads
-/// with the snapshot it started with, which may predate the winner's commit.
+/// submission with the same key may have won; and with it the customer's audit head. On SQLite
+/// those reads are part of the statement (one trip to the writer's thread); on PostgreSQL they
+/// are one statement after the lock, because a statement reads with the snapshot it started
+/// with, which may predate the winner's commit.
 async fn lock_pair(
     db: &Db,
     tx: &mut WriteTx,
@@ -186,14 +187,49 @@ async fn lock_pair(
         .bind(b)
         .fetch_all(tx.conn())
         .await?;
-    let replayed = match key {
-        Some(key) => idempotent_entry(tx.conn(), key.user_id, key.key).await?,
-        None => None,
+    let (replayed, audit_head) = match key {
+        Some(key) => keyed_reads_after_lock(tx, key).await?,
+        None => (None, None),
     };
     Ok(Locked {
         accounts: rows.into_iter().map(account).collect(),
         replayed,
-        audit_head: None,
+        audit_head,
+    })
+}
+
+/// PostgreSQL, after the accounts are locked: the key's entry and the customer's audit head
+/// (row-locked, as `audit::lock_head` would) in one statement. Its snapshot is taken after the
+/// lock was granted, so it sees a same-key winner, which held the same account locks until it
+/// committed. A stream without a head yet (none in practice: sign-up writes the first event)
+/// leaves the head to `audit::lock_head`.
+async fn keyed_reads_after_lock(
+    tx: &mut WriteTx,
+    key: CustomerKey<'_>,
+) -> Result<(Option<i64>, Option<AuditHead>), StoreError> {
+    let row: Option<(i64, Vec<u8>, Option<i64>)> = sqlx::query_as(
+        "SELECT h.seq, h.mac, \
+         (SELECT entry_id FROM idempotency_keys WHERE user_id = $1 AND key = $2) \
+         FROM audit_heads h WHERE h.stream = $3 FOR UPDATE",
+    )
+    .bind(key.user_id)
+    .bind(key.key)
+    .bind(key.audit_stream)
+    .fetch_optional(tx.conn())
+    .await?;
+    Ok(match row {
+        Some((seq, mac, replayed)) => (
+            replayed,
+            Some(AuditHead {
+                stream: key.audit_stream.to_string(),
+                seq,
+                mac,
+            }),
+        ),
+        None => (
+            idempotent_entry(tx.conn(), key.user_id, key.key).await?,
+            None,
+        ),
     })
 }
 
