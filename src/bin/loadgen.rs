@@ -12,8 +12,9 @@
 //! - `home`: `GET /` for one logged-in customer (`--home-user`) over `--concurrency` (16)
 //!   keep-alive connections for `--duration` seconds: requests/s, p50, p99.
 //! - `transfer`: every customer (or `--transfer-customers`) logs in, makes one ATM deposit, then the
-//!   customers send each other 1 kr (form GET + POST with a fresh code, captcha solved) with
-//!   `--concurrency` (64) in flight, round-robin, as long as codes allow within `--duration`.
+//!   customers send 1 kr each to another customer picked at random (form GET + POST with a fresh
+//!   code, captcha solved) with `--concurrency` (64) in flight, senders round-robin, as long as
+//!   codes allow within `--duration`.
 //!   Counts the 303s; transfers/s is over the time spent transferring (never over waits for the
 //!   next TOTP step). With `--state FILE` the customers' last TOTP steps and session cookies are
 //!   read from FILE when it exists and written to it at the end, so a later run with the same
@@ -814,7 +815,11 @@ async fn scenario_transfer(
             let n = shared.len();
             while Instant::now() < deadline {
                 let i = cursor.fetch_add(1, Ordering::SeqCst) % n;
-                let (Some(c), Some(to)) = (shared.get(i), names.get((i + 1) % n)) else {
+                // To another customer picked at random, as people pay each other: senders are
+                // taken in turn, so "the next customer" would make every transfer in flight share
+                // an account with the one beside it and wait for its lock.
+                let offset = rand::Rng::gen_range(&mut rand::thread_rng(), 1..n);
+                let (Some(c), Some(to)) = (shared.get(i), names.get((i + offset) % n)) else {
                     continue;
                 };
                 if !c.has_code() {
