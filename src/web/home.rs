@@ -26,29 +26,66 @@ pub struct Row {
     pub minor: i64,
     pub amount: String,
     pub date: String,
-    pub description: String,
+    pub description: &'static str,
     pub counterparty: Option<String>,
     pub message: Option<String>,
 }
 
 impl From<MovementView> for Row {
     fn from(m: MovementView) -> Self {
-        let (description, counterparty) = match (m.kind.as_str(), m.amount.minor() < 0) {
-            ("deposit", _) => ("ATM deposit".to_string(), None),
-            (_, true) => ("Sent to".to_string(), m.counterparty.clone()),
-            (_, false) => ("Received from".to_string(), m.counterparty.clone()),
+        let minor = m.amount.minor();
+        let deposit = m.kind == "deposit";
+        let description = match (deposit, minor < 0) {
+            (true, _) => "ATM deposit",
+            (false, true) => "Sent to",
+            (false, false) => "Received from",
         };
         Row {
-            minor: m.amount.minor(),
+            minor,
             amount: m.amount.to_string(),
-            date: crate::audit::format_time(m.created_at)
-                .get(..16)
-                .unwrap_or_default()
-                .replace('T', " "),
+            date: display_minute(m.created_at),
             description,
-            counterparty,
-            message: m.message.or(m.card_name.map(|c| format!("Card: {c}"))),
+            counterparty: if deposit { None } else { m.counterparty },
+            message: m
+                .message
+                .or_else(|| m.card_name.map(|c| format!("Card: {c}"))),
         }
+    }
+}
+
+/// `YYYY-MM-DD HH:MM` (UTC) of a time in Unix milliseconds, written digit by digit into one
+/// string (a history page shows one for each row; `format!` machinery cost more than the rest of
+/// the row); empty if out of range.
+fn display_minute(millis: i64) -> String {
+    let Ok(t) = time::OffsetDateTime::from_unix_timestamp(millis.div_euclid(1_000)) else {
+        return String::new();
+    };
+    let (year, month, day) = t.to_calendar_date();
+    let (hour, minute, _) = t.to_hms();
+    let Ok(year) = u32::try_from(year) else {
+        return String::new();
+    };
+    if year > 9_999 {
+        return String::new();
+    }
+    let mut out = String::with_capacity(16);
+    push_digits(&mut out, year, 4);
+    out.push('-');
+    push_digits(&mut out, u32::from(u8::from(month)), 2);
+    out.push('-');
+    push_digits(&mut out, u32::from(day), 2);
+    out.push(' ');
+    push_digits(&mut out, u32::from(hour), 2);
+    out.push(':');
+    push_digits(&mut out, u32::from(minute), 2);
+    out
+}
+
+/// Appends the last `width` decimal digits of `n`, zero-padded.
+fn push_digits(out: &mut String, n: u32, width: u32) {
+    for place in (0..width).rev() {
+        let digit = (n / 10u32.pow(place)) % 10;
+        out.push(char::from_digit(digit, 10).unwrap_or('0'));
     }
 }
 
@@ -143,5 +180,26 @@ pub async fn index(
                 response
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::display_minute;
+
+    #[test]
+    fn a_row_shows_its_minute_in_utc() {
+        // 2026-11-29 02:42:13.999 UTC: seconds and milliseconds are not shown, nor rounded.
+        assert_eq!(display_minute(1_795_920_133_999), "2026-11-29 02:42");
+        assert_eq!(display_minute(0), "1970-01-01 00:00");
+        // Before 1970 the minute is still the one the instant falls in.
+        assert_eq!(display_minute(-1), "1969-12-31 23:59");
+        // The same minute as the audit log's RFC 3339 time, cut to the minute.
+        for millis in [1_795_920_133_999, 1_700_000_000_000, 951_782_400_000] {
+            let rfc3339 = crate::audit::format_time(millis);
+            let minute = rfc3339.get(..16).unwrap_or_default().replace('T', " ");
+            assert_eq!(display_minute(millis), minute);
+        }
+        assert_eq!(display_minute(i64::MAX), "");
     }
 }
