@@ -40,14 +40,20 @@ pub async fn spend_in(
     .bind(expires_at)
     .execute(tx.conn())
     .await;
-    Ok(match inserted {
-        Ok(result) if result.rows_affected() == 1 => SpendOutcome::Spent,
-        Ok(_) => SpendOutcome::AlreadySpent,
-        Err(error) => match StoreError::from_insert(error, "captcha challenge") {
-            StoreError::Conflict(_) => SpendOutcome::AlreadySpent,
-            other => return Err(other),
-        },
-    })
+    match inserted {
+        Ok(result) if result.rows_affected() == 1 => Ok(SpendOutcome::Spent),
+        Ok(_) => Ok(SpendOutcome::AlreadySpent),
+        Err(error) => already_spent_or(error),
+    }
+}
+
+/// An insert of a spent challenge that failed: a conflict on the challenge is a replay (its row
+/// exists), anything else an operating error.
+fn already_spent_or(error: sqlx::Error) -> Result<SpendOutcome, StoreError> {
+    match StoreError::from_insert(error, "captcha challenge") {
+        StoreError::Conflict(_) => Ok(SpendOutcome::AlreadySpent),
+        other => Err(other),
+    }
 }
 
 /// [`spend_in`] and, only when the challenge was not spent before, the customer's one-time-code
@@ -82,10 +88,7 @@ pub async fn spend_with_step_in(
         .await;
         let (marked, stepped) = match counts {
             Ok(counts) => counts,
-            Err(error) => match StoreError::from_insert(error, "captcha challenge") {
-                StoreError::Conflict(_) => return Ok((SpendOutcome::AlreadySpent, false)),
-                other => return Err(other),
-            },
+            Err(error) => return already_spent_or(error).map(|outcome| (outcome, false)),
         };
         let outcome = if marked == 1 {
             SpendOutcome::Spent
@@ -94,7 +97,7 @@ pub async fn spend_with_step_in(
         };
         return Ok((outcome, stepped == 1));
     }
-    let changed = sqlx::query(
+    let written = sqlx::query(
         "UPDATE users SET totp_last_step = $3 WHERE id = $4 AND totp_last_step < $3 \
            AND NOT EXISTS (SELECT 1 FROM captcha_spent WHERE challenge_hash = $1); \
          INSERT INTO captcha_spent (challenge_hash, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -104,9 +107,12 @@ pub async fn spend_with_step_in(
     .bind(step)
     .bind(user_id)
     .execute(tx.conn())
-    .await
-    .map_err(|e| StoreError::from_insert(e, "captcha challenge"))?
-    .rows_affected();
+    .await;
+    // Any error is an operating error here (the caller rolls back): the update may have run
+    // before the insert failed, so this is no replay to keep.
+    let changed = written
+        .map_err(|e| StoreError::from_insert(e, "captcha challenge"))?
+        .rows_affected();
     // The step changes only when the challenge is new, and the mark only then: 0, 1 or 2 rows.
     match changed {
         0 => Ok((SpendOutcome::AlreadySpent, false)),
