@@ -18,6 +18,7 @@ use sqlx::AnyConnection;
 use crate::crypto::{Keyring, sha256};
 use crate::limits::{AUDIT_ANONYMOUS_STREAMS, SCAN_BATCH_ROWS};
 use crate::store::audit::{self as audit_store, AuditHead, AuditRow};
+use crate::store::group::SyncTx;
 use crate::store::{Db, StoreError, WriteTx};
 
 /// Every security-relevant event. The variant name is the event name (`snake_case`).
@@ -199,6 +200,19 @@ fn stream_of(ctx: &AuditContext) -> String {
     }
 }
 
+/// Writes an appended event to the operator's log too.
+fn logged(row: &AuditRow) {
+    tracing::info!(
+        target: "audit",
+        event = %row.event,
+        user_id = ?row.user_id,
+        client_ip = ?row.client_ip,
+        request_id = ?row.request_id,
+        detail = %row.detail,
+        "audit event"
+    );
+}
+
 impl AuditLog {
     pub fn new(db: Db, keyring: Keyring) -> Self {
         AuditLog { db, keyring }
@@ -257,12 +271,46 @@ impl AuditLog {
         event: AuditEvent,
         head: Option<AuditHead>,
     ) -> Result<(), AuditError> {
-        let (name, detail) = event.name_and_detail();
         let stream = stream_of(ctx);
         let (seq, prev_mac) = match head {
             Some(head) if head.stream == stream => (head.seq, head.mac),
             _ => audit_store::lock_head(&self.db, tx, &stream, &self.genesis_mac(&stream)).await?,
         };
+        let row = self.next_row(ctx, event, stream, seq, prev_mac);
+        audit_store::append(tx, &row).await?;
+        logged(&row);
+        Ok(())
+    }
+
+    /// [`AuditLog::record_in_after`] in a batch of SQLite's group-commit writer.
+    pub fn record_sync(
+        &self,
+        tx: &SyncTx<'_>,
+        ctx: &AuditContext,
+        event: AuditEvent,
+        head: Option<AuditHead>,
+    ) -> Result<(), AuditError> {
+        let stream = stream_of(ctx);
+        let (seq, prev_mac) = match head {
+            Some(head) if head.stream == stream => (head.seq, head.mac),
+            _ => audit_store::lock_head_sync(tx, &stream, &self.genesis_mac(&stream))?,
+        };
+        let row = self.next_row(ctx, event, stream, seq, prev_mac);
+        audit_store::append_sync(tx, &row)?;
+        logged(&row);
+        Ok(())
+    }
+
+    /// The event that follows `(seq, prev_mac)` in `stream`, with its MAC.
+    fn next_row(
+        &self,
+        ctx: &AuditContext,
+        event: AuditEvent,
+        stream: String,
+        seq: i64,
+        prev_mac: Vec<u8>,
+    ) -> AuditRow {
+        let (name, detail) = event.name_and_detail();
         let mut row = AuditRow {
             id: 0,
             stream,
@@ -277,17 +325,7 @@ impl AuditLog {
             mac: Vec::new(),
         };
         row.mac = self.event_mac(&row).to_vec();
-        audit_store::append(tx, &row).await?;
-        tracing::info!(
-            target: "audit",
-            event = %row.event,
-            user_id = ?row.user_id,
-            client_ip = ?row.client_ip,
-            request_id = ?row.request_id,
-            detail = %row.detail,
-            "audit event"
-        );
-        Ok(())
+        row
     }
 
     /// Records an event and logs (rather than fails the request) if the database refuses it.

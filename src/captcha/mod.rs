@@ -22,6 +22,7 @@ pub use provider::{PROVIDER_VERIFY_TIMEOUT, ProviderKind};
 use crate::config::{CaptchaMode, Config, ConfigError};
 use crate::crypto::Keyring;
 use crate::store::captcha::{self as captcha_store, SpendOutcome};
+use crate::store::group::SyncTx;
 use crate::store::{Db, StoreError, WriteTx};
 
 /// Most spent challenges kept in the replay store (a 32-byte hash and a time per row: roughly
@@ -475,6 +476,31 @@ impl Captcha {
     ) -> Result<(), CaptchaError> {
         let outcome = captcha_store::spend_in(tx, &pending.key, pending.keep_until_millis).await?;
         self.counted(outcome)
+    }
+
+    /// [`Captcha::spend_in`] in a batch of SQLite's group-commit writer.
+    pub fn spend_sync(&self, tx: &SyncTx<'_>, pending: PendingSpend) -> Result<(), CaptchaError> {
+        let outcome = captcha_store::spend_sync(tx, &pending.key, pending.keep_until_millis)?;
+        self.counted(outcome)
+    }
+
+    /// [`Captcha::spend_with_step_in`] in a batch of SQLite's group-commit writer.
+    pub fn spend_with_step_sync(
+        &self,
+        tx: &SyncTx<'_>,
+        pending: PendingSpend,
+        user_id: i64,
+        step: i64,
+    ) -> Result<bool, CaptchaError> {
+        let (outcome, step_spent) = captcha_store::spend_with_step_sync(
+            tx,
+            &pending.key,
+            pending.keep_until_millis,
+            user_id,
+            step,
+        )?;
+        self.counted(outcome)?;
+        Ok(step_spent)
     }
 
     /// [`Captcha::spend_in`] and the customer's one-time-code `step` (on SQLite in one call; see

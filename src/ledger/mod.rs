@@ -17,6 +17,7 @@ pub mod verify;
 use crate::audit::{AuditContext, AuditError, AuditEvent, AuditLog};
 use crate::crypto::{Aad, CryptoError, Keyring, random_row_id};
 use crate::domain::{Amount, CardName, DepositAmount, IdempotencyKey, Message, Money, Username};
+use crate::store::group::SyncTx;
 use crate::store::ledger::{
     self as ledger_store, AccountHead, AccountRow, CASH_ACCOUNT_ID, CustomerKey, EntryRow,
     HistoryRow, PostingRow,
@@ -307,11 +308,41 @@ impl Ledger {
             Some(customer_key),
         )
         .await?;
+        let planned = self.plan_deposit(user_id, locked, amount, card_name)?;
+        self.write_planned(tx, ctx, user_id, planned, customer_key)
+            .await
+    }
+
+    /// [`Ledger::deposit_in`] in a batch of SQLite's group-commit writer.
+    pub fn deposit_sync(
+        &self,
+        tx: &SyncTx<'_>,
+        ctx: &AuditContext,
+        user_id: i64,
+        amount: DepositAmount,
+        card_name: &CardName,
+        key: &IdempotencyKey,
+    ) -> Result<Outcome, LedgerError> {
+        let audit_stream = crate::audit::user_stream(user_id);
+        let customer_key = CustomerKey::new(user_id, key, &audit_stream);
+        let locked =
+            ledger_store::lock_account_and_user_sync(tx, CASH_ACCOUNT_ID, user_id, customer_key)?;
+        let planned = self.plan_deposit(user_id, locked, amount, card_name)?;
+        self.write_planned_sync(tx, ctx, user_id, planned, customer_key)
+    }
+
+    /// What a deposit writes, once its accounts are locked.
+    fn plan_deposit(
+        &self,
+        user_id: i64,
+        locked: ledger_store::Locked,
+        amount: DepositAmount,
+        card_name: &CardName,
+    ) -> Result<Planned, LedgerError> {
         // Read under the locks: a concurrent submission with the same key may have won.
         if let Some(entry_id) = locked.replayed {
-            return Ok(Outcome::Replayed { entry_id });
+            return Ok(Planned::Replayed(entry_id));
         }
-        let locked_head = locked.audit_head;
         let (cash, customer) = split_pair(locked.accounts, |a| a.id == CASH_ACCOUNT_ID)?;
         let entry_id = random_row_id();
         let content = EntryContent {
@@ -323,22 +354,65 @@ impl Ledger {
             card_name: Some(card_name.as_str()),
         };
         let minor = amount.amount().minor();
-        self.write_entry(
-            tx,
-            &content,
-            [(customer, minor), (cash, -minor)],
-            Some(customer_key),
-        )
-        .await?;
+        Ok(Planned::Write(Box::new(PlannedWrite {
+            entry: self.compute_entry(&content, [(customer, minor), (cash, -minor)])?,
+            event: AuditEvent::Deposit { entry_id },
+            audit_head: locked.audit_head,
+        })))
+    }
+
+    /// Writes a planned movement and its audit event inside `tx`.
+    async fn write_planned(
+        &self,
+        tx: &mut WriteTx,
+        ctx: &AuditContext,
+        user_id: i64,
+        planned: Planned,
+        key: CustomerKey<'_>,
+    ) -> Result<Outcome, LedgerError> {
+        let planned = match planned {
+            Planned::Replayed(entry_id) => return Ok(Outcome::Replayed { entry_id }),
+            Planned::Write(planned) => *planned,
+        };
+        let e = &planned.entry;
+        ledger_store::write_entry(tx, &e.entry, &e.postings, e.heads(), Some(key)).await?;
         self.audit
             .record_in_after(
                 tx,
                 &ctx.with_user(user_id),
-                AuditEvent::Deposit { entry_id },
-                locked_head,
+                planned.event,
+                planned.audit_head,
             )
             .await?;
-        Ok(Outcome::Moved { entry_id })
+        Ok(Outcome::Moved {
+            entry_id: e.entry.id,
+        })
+    }
+
+    /// [`Ledger::write_planned`] in a batch of SQLite's group-commit writer.
+    fn write_planned_sync(
+        &self,
+        tx: &SyncTx<'_>,
+        ctx: &AuditContext,
+        user_id: i64,
+        planned: Planned,
+        key: CustomerKey<'_>,
+    ) -> Result<Outcome, LedgerError> {
+        let planned = match planned {
+            Planned::Replayed(entry_id) => return Ok(Outcome::Replayed { entry_id }),
+            Planned::Write(planned) => *planned,
+        };
+        let e = &planned.entry;
+        ledger_store::write_entry_sync(tx, &e.entry, &e.postings, e.heads(), Some(key))?;
+        self.audit.record_sync(
+            tx,
+            &ctx.with_user(user_id),
+            planned.event,
+            planned.audit_head,
+        )?;
+        Ok(Outcome::Moved {
+            entry_id: e.entry.id,
+        })
     }
 
     /// Transfer to another customer by username (matched ignoring case), in its own transaction.
@@ -385,10 +459,7 @@ impl Ledger {
         message: &Message,
         key: &IdempotencyKey,
     ) -> Result<Outcome, LedgerError> {
-        let to_user_id = receiver.ok_or(LedgerError::UnknownReceiver)?;
-        if to_user_id == user_id {
-            return Err(LedgerError::SelfTransfer);
-        }
+        let to_user_id = transfer_receiver(user_id, receiver)?;
         let audit_stream = crate::audit::user_stream(user_id);
         let customer_key = CustomerKey::new(user_id, key, &audit_stream);
         let locked = ledger_store::lock_accounts_of_users(
@@ -399,13 +470,48 @@ impl Ledger {
             Some(customer_key),
         )
         .await?;
-        let (accounts, locked_head) = (locked.accounts, locked.audit_head);
+        let planned = self.plan_transfer(user_id, to_user_id, locked, amount, message)?;
+        self.write_planned(tx, ctx, user_id, planned, customer_key)
+            .await
+    }
+
+    /// [`Ledger::transfer_in`] in a batch of SQLite's group-commit writer.
+    #[allow(clippy::too_many_arguments)]
+    pub fn transfer_sync(
+        &self,
+        tx: &SyncTx<'_>,
+        ctx: &AuditContext,
+        user_id: i64,
+        receiver: Option<i64>,
+        amount: Amount,
+        message: &Message,
+        key: &IdempotencyKey,
+    ) -> Result<Outcome, LedgerError> {
+        let to_user_id = transfer_receiver(user_id, receiver)?;
+        let audit_stream = crate::audit::user_stream(user_id);
+        let customer_key = CustomerKey::new(user_id, key, &audit_stream);
+        let locked =
+            ledger_store::lock_accounts_of_users_sync(tx, user_id, to_user_id, customer_key)?;
+        let planned = self.plan_transfer(user_id, to_user_id, locked, amount, message)?;
+        self.write_planned_sync(tx, ctx, user_id, planned, customer_key)
+    }
+
+    /// What a transfer writes, once its accounts are locked.
+    fn plan_transfer(
+        &self,
+        user_id: i64,
+        to_user_id: i64,
+        locked: ledger_store::Locked,
+        amount: Amount,
+        message: &Message,
+    ) -> Result<Planned, LedgerError> {
+        let accounts = locked.accounts;
         if accounts.len() == 1 && accounts.iter().all(|a| a.user_id == Some(user_id)) {
             return Err(LedgerError::UnknownReceiver);
         }
         // Read under the locks: a concurrent submission with the same key may have won.
         if let Some(entry_id) = locked.replayed {
-            return Ok(Outcome::Replayed { entry_id });
+            return Ok(Planned::Replayed(entry_id));
         }
         let (from, receiver) = split_pair(accounts, |a| a.user_id == Some(user_id))?;
         let from_balance = self
@@ -424,36 +530,23 @@ impl Ledger {
             card_name: None,
         };
         let minor = amount.minor();
-        self.write_entry(
-            tx,
-            &content,
-            [(from, -minor), (receiver, minor)],
-            Some(customer_key),
-        )
-        .await?;
-        self.audit
-            .record_in_after(
-                tx,
-                &ctx.with_user(user_id),
-                AuditEvent::Transfer {
-                    entry_id,
-                    to_user_id,
-                },
-                locked_head,
-            )
-            .await?;
-        Ok(Outcome::Moved { entry_id })
+        Ok(Planned::Write(Box::new(PlannedWrite {
+            entry: self.compute_entry(&content, [(from, -minor), (receiver, minor)])?,
+            event: AuditEvent::Transfer {
+                entry_id,
+                to_user_id,
+            },
+            audit_head: locked.audit_head,
+        })))
     }
 
-    /// Writes the entry, its two postings and (for a customer's form) the key's outcome, and
-    /// moves both account heads.
-    async fn write_entry(
+    /// An entry, its two postings and both accounts' new heads, sealed and MACed: nothing written
+    /// yet.
+    fn compute_entry(
         &self,
-        tx: &mut WriteTx,
         content: &EntryContent<'_>,
         postings: [(AccountRow, i64); 2],
-        key: Option<CustomerKey<'_>>,
-    ) -> Result<[AccountRow; 2], LedgerError> {
+    ) -> Result<ComputedEntry, LedgerError> {
         // Invariant (TigerBeetle style): the postings of an entry sum to zero.
         let sum: i64 = postings.iter().map(|(_, amount)| amount).sum();
         if sum != 0 {
@@ -511,39 +604,32 @@ impl Ledger {
                 content.id
             )))
         })?;
-        let postings = [p0, p1];
-        fn head<'a>(a: &AccountRow, p: &'a PostingRow, balance_enc: &'a [u8]) -> AccountHead<'a> {
-            AccountHead {
-                id: a.id,
-                balance_enc,
-                seq: p.seq,
-                head_mac: &p.mac,
-            }
-        }
+        Ok(ComputedEntry {
+            entry,
+            postings: [p0, p1],
+            balances: [b0, b1],
+            accounts: [a0, a1],
+        })
+    }
+
+    /// Writes the entry and its two postings (no key: operator seeding), moves both account
+    /// heads, and returns the accounts as they are now.
+    async fn write_entry(
+        &self,
+        tx: &mut WriteTx,
+        content: &EntryContent<'_>,
+        postings: [(AccountRow, i64); 2],
+    ) -> Result<[AccountRow; 2], LedgerError> {
+        let computed = self.compute_entry(content, postings)?;
         ledger_store::write_entry(
             tx,
-            &entry,
-            &postings,
-            {
-                let [q0, q1] = &postings;
-                [head(&a0, q0, &b0), head(&a1, q1, &b1)]
-            },
-            key,
+            &computed.entry,
+            &computed.postings,
+            computed.heads(),
+            None,
         )
         .await?;
-        let [p0, p1] = postings;
-        let mut updated = Vec::with_capacity(2);
-        for (posting, account, balance_enc) in [(p0, a0, b0), (p1, a1, b1)] {
-            updated.push(AccountRow {
-                balance_enc,
-                seq: posting.seq,
-                head_mac: posting.mac,
-                ..account
-            });
-        }
-        <[AccountRow; 2]>::try_from(updated).map_err(|_| {
-            StoreError::Corrupt(format!("entry {} has not two postings", content.id)).into()
-        })
+        Ok(computed.into_accounts())
     }
 
     /// Many ATM deposits for one customer in one transaction (operator seeding, `alphabank seed`):
@@ -573,7 +659,7 @@ impl Ledger {
             };
             let minor = amount.amount().minor();
             let [c, k] = self
-                .write_entry(&mut tx, &content, [(customer, minor), (cash, -minor)], None)
+                .write_entry(&mut tx, &content, [(customer, minor), (cash, -minor)])
                 .await?;
             customer = c;
             cash = k;
@@ -735,6 +821,70 @@ impl Ledger {
 }
 
 /// Splits the two rows locked for a movement into `(the one matching is_first, the other)`.
+/// A movement's receiver: known, and not the sender.
+fn transfer_receiver(user_id: i64, receiver: Option<i64>) -> Result<i64, LedgerError> {
+    let to_user_id = receiver.ok_or(LedgerError::UnknownReceiver)?;
+    if to_user_id == user_id {
+        return Err(LedgerError::SelfTransfer);
+    }
+    Ok(to_user_id)
+}
+
+/// What a customer's movement writes once its accounts are locked.
+enum Planned {
+    /// The idempotency key already moved money: this entry.
+    Replayed(i64),
+    Write(Box<PlannedWrite>),
+}
+
+struct PlannedWrite {
+    entry: ComputedEntry,
+    event: AuditEvent,
+    /// The customer's audit head, read with the locks (`None`: read it when appending).
+    audit_head: Option<crate::store::audit::AuditHead>,
+}
+
+/// An entry ready to write (see [`Ledger::compute_entry`]).
+struct ComputedEntry {
+    entry: EntryRow,
+    postings: [PostingRow; 2],
+    /// The accounts' new sealed balances.
+    balances: [Vec<u8>; 2],
+    /// The accounts as they were locked.
+    accounts: [AccountRow; 2],
+}
+
+impl ComputedEntry {
+    fn heads(&self) -> [AccountHead<'_>; 2] {
+        let [a0, a1] = &self.accounts;
+        let [p0, p1] = &self.postings;
+        let [b0, b1] = &self.balances;
+        fn head<'a>(a: &AccountRow, p: &'a PostingRow, balance_enc: &'a [u8]) -> AccountHead<'a> {
+            AccountHead {
+                id: a.id,
+                balance_enc,
+                seq: p.seq,
+                head_mac: &p.mac,
+            }
+        }
+        [head(a0, p0, b0), head(a1, p1, b1)]
+    }
+
+    /// The accounts with their new heads.
+    fn into_accounts(self) -> [AccountRow; 2] {
+        let [p0, p1] = self.postings;
+        let [b0, b1] = self.balances;
+        let [a0, a1] = self.accounts;
+        let moved = |account: AccountRow, posting: PostingRow, balance_enc: Vec<u8>| AccountRow {
+            balance_enc,
+            seq: posting.seq,
+            head_mac: posting.mac,
+            ..account
+        };
+        [moved(a0, p0, b0), moved(a1, p1, b1)]
+    }
+}
+
 fn split_pair(
     rows: Vec<AccountRow>,
     is_first: impl Fn(&AccountRow) -> bool,

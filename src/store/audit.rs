@@ -2,6 +2,7 @@
 
 use sqlx::{AnyConnection, Row};
 
+use super::group::{Param, SyncTx, opt_int, opt_text};
 use super::{Db, StoreError, WriteTx};
 
 #[derive(Debug, Clone)]
@@ -60,6 +61,33 @@ pub struct AuditHead {
     pub mac: Vec<u8>,
 }
 
+const LOCK_HEAD: &str = "INSERT INTO audit_heads (stream, seq, mac) VALUES ($1, 0, $2) \
+     ON CONFLICT (stream) DO UPDATE SET seq = audit_heads.seq RETURNING seq, mac";
+
+/// An event's row (`$1`–`$10`, table order) and its stream's head, moved only from `seq - 1`.
+macro_rules! insert_event_sql {
+    () => {
+        "INSERT INTO audit_events (stream, seq, created_at, event, user_id, client_ip, request_id, detail, prev_mac, mac) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    };
+}
+macro_rules! move_head_sql {
+    () => {
+        "UPDATE audit_heads SET seq = $2, mac = $10 WHERE stream = $1 AND seq = $2 - 1"
+    };
+}
+const APPEND_POSTGRES: &str = concat!(
+    "WITH e AS (",
+    insert_event_sql!(),
+    "), h AS (",
+    move_head_sql!(),
+    " RETURNING 1) SELECT COUNT(*) FROM h"
+);
+/// SQLite has no data-modifying `WITH`: two statements of one call.
+const APPEND_SQLITE: &str = concat!(insert_event_sql!(), "; ", move_head_sql!());
+/// The same two statements for the group-commit writer, which runs them one by one.
+const APPEND_SQLITE_STATEMENTS: [&str; 2] = [insert_event_sql!(), move_head_sql!()];
+
 /// Locks the head of `stream` (creating it with `genesis_mac` if new) and returns `(seq, mac)`.
 pub async fn lock_head(
     _db: &Db,
@@ -69,14 +97,11 @@ pub async fn lock_head(
 ) -> Result<(i64, Vec<u8>), StoreError> {
     // One statement: creates the head if new, and on PostgreSQL the upsert row-locks it (like
     // `FOR UPDATE`) until the transaction ends; SQLite holds its single write lock.
-    let head: (i64, Vec<u8>) = sqlx::query_as(
-        "INSERT INTO audit_heads (stream, seq, mac) VALUES ($1, 0, $2) \
-         ON CONFLICT (stream) DO UPDATE SET seq = audit_heads.seq RETURNING seq, mac",
-    )
-    .bind(stream)
-    .bind(genesis_mac)
-    .fetch_one(tx.conn())
-    .await?;
+    let head: (i64, Vec<u8>) = sqlx::query_as(LOCK_HEAD)
+        .bind(stream)
+        .bind(genesis_mac)
+        .fetch_one(tx.conn())
+        .await?;
     Ok(head)
 }
 
@@ -85,14 +110,9 @@ pub async fn append(tx: &mut WriteTx, event: &AuditRow) -> Result<(), StoreError
     // data-modifying `WITH`) two statements of one call.
     let postgres = tx.conn().backend_name() == "PostgreSQL";
     let sql = if postgres {
-        "WITH e AS (INSERT INTO audit_events (stream, seq, created_at, event, user_id, client_ip, request_id, detail, prev_mac, mac) \
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)), \
-              h AS (UPDATE audit_heads SET seq = $2, mac = $10 WHERE stream = $1 AND seq = $2 - 1 RETURNING 1) \
-         SELECT COUNT(*) FROM h"
+        APPEND_POSTGRES
     } else {
-        "INSERT INTO audit_events (stream, seq, created_at, event, user_id, client_ip, request_id, detail, prev_mac, mac) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10); \
-         UPDATE audit_heads SET seq = $2, mac = $10 WHERE stream = $1 AND seq = $2 - 1"
+        APPEND_SQLITE
     };
     let query = sqlx::query(sql)
         .bind(&event.stream)
@@ -122,6 +142,43 @@ pub async fn append(tx: &mut WriteTx, event: &AuditRow) -> Result<(), StoreError
         i64::try_from(changed.saturating_sub(1)).unwrap_or(i64::MAX)
     };
     if updated != 1 {
+        return Err(StoreError::Corrupt(format!(
+            "audit stream {} moved while locked",
+            event.stream
+        )));
+    }
+    Ok(())
+}
+
+/// [`lock_head`] on SQLite's group-commit writer.
+pub fn lock_head_sync(
+    tx: &SyncTx<'_>,
+    stream: &str,
+    genesis_mac: &[u8],
+) -> Result<(i64, Vec<u8>), StoreError> {
+    let params = [Param::Text(stream.as_bytes()), Param::Blob(genesis_mac)];
+    tx.query(LOCK_HEAD, &params, |row| Ok((row.get(0)?, row.get(1)?)))?
+        .pop()
+        .ok_or_else(|| StoreError::Corrupt(format!("audit stream {stream} has no head")))
+}
+
+/// [`append`] on SQLite's group-commit writer.
+pub fn append_sync(tx: &SyncTx<'_>, event: &AuditRow) -> Result<(), StoreError> {
+    let params = [
+        Param::Text(event.stream.as_bytes()),
+        Param::Integer(event.seq),
+        Param::Integer(event.created_at),
+        Param::Text(event.event.as_bytes()),
+        opt_int(event.user_id),
+        opt_text(event.client_ip.as_deref()),
+        opt_text(event.request_id.as_deref()),
+        Param::Text(event.detail.as_bytes()),
+        Param::Blob(&event.prev_mac),
+        Param::Blob(&event.mac),
+    ];
+    let changed = tx.execute_insert(&APPEND_SQLITE_STATEMENTS, &params, "audit sequence number")?;
+    // The insert inserts its row or fails: what it changed beyond that is the head.
+    if changed != 2 {
         return Err(StoreError::Corrupt(format!(
             "audit stream {} moved while locked",
             event.stream

@@ -3,7 +3,24 @@
 //! primary key decides, also between instances). Policy (when to prune, how many rows) lives in
 //! `crate::captcha`.
 
+use super::group::{Param, SyncTx};
 use super::{Db, StoreError, WriteTx};
+
+macro_rules! spend_sql {
+    () => {
+        "INSERT INTO captcha_spent (challenge_hash, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+    };
+}
+/// SQLite: the step (`$3`, customer `$4`) moves only if the challenge (`$1`) was not spent yet.
+macro_rules! step_if_new_sql {
+    () => {
+        "UPDATE users SET totp_last_step = $3 WHERE id = $4 AND totp_last_step < $3 \
+         AND NOT EXISTS (SELECT 1 FROM captcha_spent WHERE challenge_hash = $1)"
+    };
+}
+const SPEND: &str = spend_sql!();
+const STEP_IF_NEW_SQLITE: &str = step_if_new_sql!();
+const STEP_IF_NEW_THEN_SPEND_SQLITE: &str = concat!(step_if_new_sql!(), "; ", spend_sql!());
 
 /// What happened to an attempt to spend a challenge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,13 +50,11 @@ pub async fn spend_in(
     challenge_hash: &[u8],
     expires_at: i64,
 ) -> Result<SpendOutcome, StoreError> {
-    let inserted = sqlx::query(
-        "INSERT INTO captcha_spent (challenge_hash, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-    )
-    .bind(challenge_hash)
-    .bind(expires_at)
-    .execute(tx.conn())
-    .await;
+    let inserted = sqlx::query(SPEND)
+        .bind(challenge_hash)
+        .bind(expires_at)
+        .execute(tx.conn())
+        .await;
     match inserted {
         Ok(result) if result.rows_affected() == 1 => Ok(SpendOutcome::Spent),
         Ok(_) => Ok(SpendOutcome::AlreadySpent),
@@ -97,24 +112,55 @@ pub async fn spend_with_step_in(
         };
         return Ok((outcome, stepped == 1));
     }
-    let written = sqlx::query(
-        "UPDATE users SET totp_last_step = $3 WHERE id = $4 AND totp_last_step < $3 \
-           AND NOT EXISTS (SELECT 1 FROM captcha_spent WHERE challenge_hash = $1); \
-         INSERT INTO captcha_spent (challenge_hash, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-    )
-    .bind(challenge_hash)
-    .bind(expires_at)
-    .bind(step)
-    .bind(user_id)
-    .execute(tx.conn())
-    .await;
+    let written = sqlx::query(STEP_IF_NEW_THEN_SPEND_SQLITE)
+        .bind(challenge_hash)
+        .bind(expires_at)
+        .bind(step)
+        .bind(user_id)
+        .execute(tx.conn())
+        .await;
     // Any error is an operating error here (the caller rolls back): the update may have run
     // before the insert failed, so this is no replay to keep.
     let changed = written
         .map_err(|e| StoreError::from_insert(e, "captcha challenge"))?
         .rows_affected();
+    spend_with_step_outcome(changed)
+}
+
+/// [`spend_in`] on the group-commit writer's connection.
+pub fn spend_sync(
+    tx: &SyncTx<'_>,
+    challenge_hash: &[u8],
+    expires_at: i64,
+) -> Result<SpendOutcome, StoreError> {
+    let params = [Param::Blob(challenge_hash), Param::Integer(expires_at)];
+    Ok(match tx.execute(&[SPEND], &params)? {
+        1 => SpendOutcome::Spent,
+        _ => SpendOutcome::AlreadySpent,
+    })
+}
+
+/// [`spend_with_step_in`] on the group-commit writer's connection (SQLite).
+pub fn spend_with_step_sync(
+    tx: &SyncTx<'_>,
+    challenge_hash: &[u8],
+    expires_at: i64,
+    user_id: i64,
+    step: i64,
+) -> Result<(SpendOutcome, bool), StoreError> {
+    let params = [
+        Param::Blob(challenge_hash),
+        Param::Integer(expires_at),
+        Param::Integer(step),
+        Param::Integer(user_id),
+    ];
+    spend_with_step_outcome(tx.execute(&[STEP_IF_NEW_SQLITE, SPEND], &params)?)
+}
+
+/// What SQLite's step-then-mark statements did, from the rows they changed.
+fn spend_with_step_outcome(changed: impl TryInto<u64>) -> Result<(SpendOutcome, bool), StoreError> {
     // The step changes only when the challenge is new, and the mark only then: 0, 1 or 2 rows.
-    match changed {
+    match changed.try_into().unwrap_or(u64::MAX) {
         0 => Ok((SpendOutcome::AlreadySpent, false)),
         1 => Ok((SpendOutcome::Spent, false)),
         2 => Ok((SpendOutcome::Spent, true)),

@@ -5,6 +5,7 @@ use sqlx::query::Query;
 use sqlx::{Any, AnyConnection, Row};
 
 use super::audit::AuditHead;
+use super::group::{Param, SyncTx, opt_blob, opt_int};
 use super::{Db, Engine, StoreError, WriteTx};
 
 pub const CASH_ACCOUNT_ID: i64 = 1;
@@ -141,17 +142,6 @@ async fn lock_pair(
     b: i64,
     key: Option<CustomerKey<'_>>,
 ) -> Result<Locked, StoreError> {
-    type KeyedTuple = (
-        i64,
-        Option<i64>,
-        String,
-        Vec<u8>,
-        i64,
-        Vec<u8>,
-        Option<i64>,
-        Option<i64>,
-        Option<Vec<u8>>,
-    );
     if db.engine() == Engine::Sqlite
         && let Some(key) = &key
     {
@@ -163,24 +153,7 @@ async fn lock_pair(
             .bind(key.audit_stream)
             .fetch_all(tx.conn())
             .await?;
-        let replayed = rows.iter().find_map(|t| t.6);
-        let audit_head = rows.iter().find_map(|t| match (t.7, &t.8) {
-            (Some(seq), Some(mac)) => Some(AuditHead {
-                stream: key.audit_stream.to_string(),
-                seq,
-                mac: mac.clone(),
-            }),
-            _ => None,
-        });
-        let accounts = rows
-            .into_iter()
-            .map(|t| account((t.0, t.1, t.2, t.3, t.4, t.5)))
-            .collect();
-        return Ok(Locked {
-            accounts,
-            replayed,
-            audit_head,
-        });
+        return Ok(keyed_locked(rows, key));
     }
     let rows: Vec<AccountTuple> = sqlx::query_as(db.for_update(sql.postgres, sql.sqlite))
         .bind(a)
@@ -196,6 +169,71 @@ async fn lock_pair(
         replayed,
         audit_head,
     })
+}
+
+/// A row of SQLite's keyed lock: the account's columns, the key's entry, the audit head.
+type KeyedTuple = (
+    i64,
+    Option<i64>,
+    String,
+    Vec<u8>,
+    i64,
+    Vec<u8>,
+    Option<i64>,
+    Option<i64>,
+    Option<Vec<u8>>,
+);
+
+fn keyed_locked(rows: Vec<KeyedTuple>, key: &CustomerKey<'_>) -> Locked {
+    let replayed = rows.iter().find_map(|t| t.6);
+    let audit_head = rows.iter().find_map(|t| match (t.7, &t.8) {
+        (Some(seq), Some(mac)) => Some(AuditHead {
+            stream: key.audit_stream.to_string(),
+            seq,
+            mac: mac.clone(),
+        }),
+        _ => None,
+    });
+    let accounts = rows
+        .into_iter()
+        .map(|t| account((t.0, t.1, t.2, t.3, t.4, t.5)))
+        .collect();
+    Locked {
+        accounts,
+        replayed,
+        audit_head,
+    }
+}
+
+/// [`lock_pair`] with a key, on SQLite's group-commit writer (whose batch holds the write lock).
+fn lock_pair_sync(
+    tx: &SyncTx<'_>,
+    sql: &LockSql,
+    a: i64,
+    b: i64,
+    key: CustomerKey<'_>,
+) -> Result<Locked, StoreError> {
+    let params = [
+        Param::Integer(a),
+        Param::Integer(b),
+        Param::Integer(key.user_id),
+        Param::Text(key.key.as_bytes()),
+        Param::Text(key.audit_stream.as_bytes()),
+    ];
+    let rows = tx.query(sql.sqlite_keyed, &params, |row| {
+        Ok((
+            row.get(0)?,
+            row.get(1)?,
+            row.get(2)?,
+            row.get(3)?,
+            row.get(4)?,
+            row.get(5)?,
+            row.get(6)?,
+            row.get(7)?,
+            row.get(8)?,
+        ))
+    })?;
+    Ok(keyed_locked(rows, &key))
 }
 
 /// PostgreSQL, after the accounts are locked: the key's entry and the customer's audit head
@@ -268,8 +306,30 @@ pub async fn lock_accounts_of_users(
     user_b: i64,
     key: Option<CustomerKey<'_>>,
 ) -> Result<Locked, StoreError> {
-    const SQL: LockSql = lock_sql!("user_id IN ($1, $2)");
-    lock_pair(db, tx, &SQL, user_a, user_b, key).await
+    lock_pair(db, tx, &LOCK_USERS, user_a, user_b, key).await
+}
+
+const LOCK_USERS: LockSql = lock_sql!("user_id IN ($1, $2)");
+const LOCK_ACCOUNT_AND_USER: LockSql = lock_sql!("id = $1 OR user_id = $2");
+
+/// [`lock_accounts_of_users`] with a key, on SQLite's group-commit writer.
+pub fn lock_accounts_of_users_sync(
+    tx: &SyncTx<'_>,
+    user_a: i64,
+    user_b: i64,
+    key: CustomerKey<'_>,
+) -> Result<Locked, StoreError> {
+    lock_pair_sync(tx, &LOCK_USERS, user_a, user_b, key)
+}
+
+/// [`lock_account_and_user`] with a key, on SQLite's group-commit writer.
+pub fn lock_account_and_user_sync(
+    tx: &SyncTx<'_>,
+    id: i64,
+    user_id: i64,
+    key: CustomerKey<'_>,
+) -> Result<Locked, StoreError> {
+    lock_pair_sync(tx, &LOCK_ACCOUNT_AND_USER, id, user_id, key)
 }
 
 /// Locks account `id` and the account of `user_id` (see [`lock_pair`]).
@@ -280,8 +340,7 @@ pub async fn lock_account_and_user(
     user_id: i64,
     key: Option<CustomerKey<'_>>,
 ) -> Result<Locked, StoreError> {
-    const SQL: LockSql = lock_sql!("id = $1 OR user_id = $2");
-    lock_pair(db, tx, &SQL, id, user_id, key).await
+    lock_pair(db, tx, &LOCK_ACCOUNT_AND_USER, id, user_id, key).await
 }
 
 pub async fn account_id_of_user(
@@ -516,6 +575,71 @@ pub async fn write_entry(
             == rows
     };
     if !heads_moved {
+        return Err(StoreError::Corrupt(format!(
+            "an account of entry {} moved while locked",
+            entry.id
+        )));
+    }
+    Ok(())
+}
+
+/// [`write_entry`] on SQLite's group-commit writer: the same statements, run one by one.
+pub fn write_entry_sync(
+    tx: &SyncTx<'_>,
+    entry: &EntryRow,
+    postings: &[PostingRow; 2],
+    heads: [AccountHead<'_>; 2],
+    key: Option<CustomerKey<'_>>,
+) -> Result<(), StoreError> {
+    let mut params = Vec::with_capacity(33);
+    params.extend([
+        Param::Integer(entry.id),
+        Param::Text(entry.kind.as_bytes()),
+        Param::Integer(entry.initiator_user_id),
+        Param::Integer(entry.created_at),
+        opt_blob(entry.message_enc.as_deref()),
+        opt_blob(entry.card_name_enc.as_deref()),
+        Param::Blob(&entry.mac),
+    ]);
+    for p in postings {
+        params.extend([
+            Param::Integer(p.account_id),
+            Param::Integer(p.seq),
+            Param::Integer(p.entry_id),
+            opt_int(p.counterparty_account_id),
+            Param::Blob(&p.amount_enc),
+            Param::Integer(p.created_at),
+            Param::Blob(&p.prev_mac),
+            Param::Blob(&p.mac),
+        ]);
+    }
+    for h in &heads {
+        params.extend([
+            Param::Integer(h.id),
+            Param::Blob(h.balance_enc),
+            Param::Integer(h.seq),
+            Param::Blob(h.head_mac),
+        ]);
+    }
+    let statements: &[&str] = match &key {
+        Some(key) => {
+            params.extend([Param::Integer(key.user_id), Param::Text(key.key.as_bytes())]);
+            &[
+                insert_entry_sql!(),
+                insert_postings_sql!(),
+                insert_key_sql!(),
+                sqlite_heads_sql!(),
+            ]
+        }
+        None => &[
+            insert_entry_sql!(),
+            insert_postings_sql!(),
+            sqlite_heads_sql!(),
+        ],
+    };
+    let changed = tx.execute_insert(statements, &params, "journal entry")?;
+    // The inserts either insert every row or fail; only the heads' update can fall short.
+    if changed != 1 + 2 + usize::from(key.is_some()) + 2 {
         return Err(StoreError::Corrupt(format!(
             "an account of entry {} moved while locked",
             entry.id

@@ -41,6 +41,9 @@ pub enum Engine {
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
+    /// An error of SQLite's group-commit writer, which runs its statements itself (see `group`).
+    #[error("database error: {0}")]
+    Sqlite(#[source] rusqlite::Error),
     #[error("a row with the same {0} already exists")]
     Conflict(&'static str),
     #[error("the database is busy; try again")]
@@ -60,7 +63,34 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+impl From<rusqlite::Error> for StoreError {
+    /// A database that stayed locked for the busy timeout is [`StoreError::Busy`], as above.
+    fn from(error: rusqlite::Error) -> Self {
+        match error.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                StoreError::Busy
+            }
+            _ => StoreError::Sqlite(error),
+        }
+    }
+}
+
 impl StoreError {
+    /// [`StoreError::from_insert`] for the group-commit writer's statements.
+    pub(crate) fn from_sqlite_insert(error: rusqlite::Error, what: &'static str) -> Self {
+        let unique = matches!(
+            &error,
+            rusqlite::Error::SqliteFailure(failure, _)
+                if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    || failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+        );
+        if unique {
+            StoreError::Conflict(what)
+        } else {
+            StoreError::from(error)
+        }
+    }
+
     /// Maps a unique-constraint violation to [`StoreError::Conflict`] (no check-then-insert races).
     pub(crate) fn from_insert(error: sqlx::Error, what: &'static str) -> Self {
         match error.as_database_error() {
@@ -213,8 +243,8 @@ impl Db {
             engine,
             group: None,
         };
-        if engine == Engine::Sqlite {
-            db.group = Some(group::GroupCommit::start(db.clone()));
+        if let (Some(writer), Some(path)) = (&db.writer, sqlite_path(url)) {
+            db.group = Some(group::GroupCommit::start(writer.slot.clone(), path)?);
         }
         Ok(db)
     }
@@ -402,15 +432,22 @@ async fn open_pool(
         .await?)
 }
 
-fn create_sqlite_parent_dir(url: &str) {
+/// The file a `sqlite:` URL names (`None`: an in-memory database, which no second connection
+/// can share).
+fn sqlite_path(url: &str) -> Option<&str> {
     let path = url
         .trim_start_matches("sqlite://")
         .trim_start_matches("sqlite:");
     let path = path.split('?').next().unwrap_or_default();
-    if path.is_empty() || path == ":memory:" {
-        return;
+    if path.is_empty() || path.starts_with(":memory:") {
+        None
+    } else {
+        Some(path)
     }
-    if let Some(parent) = std::path::Path::new(path).parent() {
+}
+
+fn create_sqlite_parent_dir(url: &str) {
+    if let Some(parent) = sqlite_path(url).and_then(|path| std::path::Path::new(path).parent()) {
         let _ = std::fs::create_dir_all(parent);
     }
 }

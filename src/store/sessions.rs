@@ -2,10 +2,9 @@
 
 use sqlx::Row;
 
-use super::group::{BatchError, Batched, Verdict};
+use super::group::{BatchError, Batched, Param, SyncTx, Verdict};
 use super::ledger::AccountRow;
 use super::{Db, StoreError, WriteTx};
-use futures_util::future::BoxFuture;
 
 #[derive(Debug, Clone)]
 pub struct SessionRow {
@@ -163,8 +162,10 @@ pub async fn touch(db: &Db, id_hash: &str, now: i64) -> Result<(), StoreError> {
     tx.commit().await
 }
 
+const TOUCH: &str = "UPDATE sessions SET last_seen_at = $1 WHERE id_hash = $2";
+
 async fn touch_in(tx: &mut WriteTx, id_hash: &str, now: i64) -> Result<(), StoreError> {
-    sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id_hash = $2")
+    sqlx::query(TOUCH)
         .bind(now)
         .bind(id_hash)
         .execute(tx.conn())
@@ -180,13 +181,15 @@ struct Touch {
 }
 
 impl Batched for Touch {
-    fn run<'a>(&'a mut self, tx: &'a mut WriteTx) -> BoxFuture<'a, Verdict> {
-        Box::pin(async move {
-            match touch_in(tx, &self.id_hash, self.now).await {
-                Ok(()) => Verdict::Keep,
-                Err(_) => Verdict::Abort,
-            }
-        })
+    fn run(&mut self, tx: &SyncTx<'_>) -> Verdict {
+        let params = [
+            Param::Integer(self.now),
+            Param::Text(self.id_hash.as_bytes()),
+        ];
+        match tx.execute(&[TOUCH], &params) {
+            Ok(_) => Verdict::Keep,
+            Err(_) => Verdict::Abort,
+        }
     }
 
     fn finish(self: Box<Self>, outcome: Result<(), BatchError>) {

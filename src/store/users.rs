@@ -1,5 +1,6 @@
 //! SQL for customers (`users`).
 
+use super::group::{Param, SyncTx};
 use super::{Db, StoreError, WriteTx};
 
 pub struct NewUser<'a> {
@@ -180,14 +181,22 @@ pub async fn spend_totp_step_in(
     user_id: i64,
     step: i64,
 ) -> Result<bool, StoreError> {
-    let updated =
-        sqlx::query("UPDATE users SET totp_last_step = $1 WHERE id = $2 AND totp_last_step < $1")
-            .bind(step)
-            .bind(user_id)
-            .execute(tx.conn())
-            .await?
-            .rows_affected();
+    let updated = sqlx::query(SPEND_TOTP_STEP)
+        .bind(step)
+        .bind(user_id)
+        .execute(tx.conn())
+        .await?
+        .rows_affected();
     Ok(updated == 1)
+}
+
+const SPEND_TOTP_STEP: &str =
+    "UPDATE users SET totp_last_step = $1 WHERE id = $2 AND totp_last_step < $1";
+
+/// [`spend_totp_step_in`] on SQLite's group-commit writer.
+pub fn spend_totp_step_sync(tx: &SyncTx<'_>, user_id: i64, step: i64) -> Result<bool, StoreError> {
+    let params = [Param::Integer(step), Param::Integer(user_id)];
+    Ok(tx.execute(&[SPEND_TOTP_STEP], &params)? == 1)
 }
 
 pub async fn confirm_totp(tx: &mut WriteTx, user_id: i64) -> Result<(), StoreError> {

@@ -22,12 +22,11 @@ use crate::audit::{AuditContext, AuditEvent};
 use crate::captcha::CaptchaFields;
 use crate::captcha::{CaptchaError, PendingSpend};
 use crate::domain::{Amount, CardName, DepositAmount, IdempotencyKey, Message, Username};
-use crate::ledger::LedgerError;
+use crate::ledger::{LedgerError, Outcome};
 use crate::limits::HISTORY_PAGE_ROWS;
 use crate::startup::Services;
 use crate::store::WriteTx;
-use crate::store::group::{BatchError, Batched, Verdict};
-use futures_util::future::BoxFuture;
+use crate::store::group::{BatchError, Batched, SyncTx, Verdict};
 
 /// Issues an idempotency key for this customer: `random.mac`, so a key cannot be forged or
 /// borrowed from another customer.
@@ -300,12 +299,10 @@ type BatchReply = tokio::sync::oneshot::Sender<(
 )>;
 
 impl Batched for BatchedMovement {
-    fn run<'a>(&'a mut self, tx: &'a mut WriteTx) -> BoxFuture<'a, Verdict> {
-        Box::pin(async move {
-            let (verdict, outcome) = self.write.run_in(tx).await;
-            self.outcome = Some(outcome);
-            verdict
-        })
+    fn run(&mut self, tx: &SyncTx<'_>) -> Verdict {
+        let (verdict, outcome) = self.write.run_sync(tx);
+        self.outcome = Some(outcome);
+        verdict
     }
 
     fn finish(self: Box<Self>, result: Result<(), BatchError>) {
@@ -370,23 +367,9 @@ impl MovementWrite {
     /// which wrote nothing), `Abort` when it must be rolled back (an operating error). The
     /// captcha's replay mark is spent first: on a replay nothing else runs. On SQLite the caller
     /// audits a captcha refusal only after the write gate is free (see [`MovementWrite::answer`]).
-    async fn run_in(&self, tx: &mut WriteTx) -> (Verdict, MovementOutcome) {
+    async fn run_in(&self, tx: &mut WriteTx) -> Decided {
         let services = &self.services;
         let user_id = self.user_id;
-        let captcha_refused = |error: CaptchaError| {
-            let verdict = if error.is_operating_error() {
-                Verdict::Abort
-            } else {
-                Verdict::Keep // nothing was written
-            };
-            (verdict, MovementOutcome::CaptchaRefused(error))
-        };
-        let abort = |error: &dyn std::fmt::Display| {
-            (
-                Verdict::Abort,
-                MovementOutcome::Done(Err(unavailable(error))),
-            )
-        };
         let code_ok = match (self.pending.clone(), self.step) {
             // Both: one trip to the writer's thread on SQLite.
             (Some(pending), Some(step)) => match services
@@ -415,69 +398,188 @@ impl MovementWrite {
             }
         };
         let ctx = self.context.audit();
-        let refusal = if !code_ok {
-            refuse(
+        let refusal = match self.refusal_before_moving(code_ok) {
+            Some(refusal) => refusal,
+            None => {
+                let ledger = &services.ledger;
+                let moved = match &self.movement {
+                    Movement::Transfer {
+                        amount, message, ..
+                    } => {
+                        ledger
+                            .transfer_in(
+                                tx,
+                                &ctx,
+                                user_id,
+                                self.receiver,
+                                *amount,
+                                message,
+                                &self.key,
+                            )
+                            .await
+                    }
+                    Movement::Deposit { amount, card_name } => {
+                        ledger
+                            .deposit_in(tx, &ctx, user_id, *amount, card_name, &self.key)
+                            .await
+                    }
+                };
+                match moved_or_refused(moved) {
+                    Ok(decided) => return decided,
+                    Err(refusal) => refusal,
+                }
+            }
+        };
+        // The refusal is audited in the same transaction that keeps the captcha and code spent.
+        match services
+            .audit
+            .record_in(tx, &ctx, self.refusal_event(&refusal))
+            .await
+        {
+            Ok(()) => audited(refusal),
+            Err(error) => abort(&error),
+        }
+    }
+
+    /// [`MovementWrite::run_in`] in a batch of SQLite's group-commit writer: the same writes in
+    /// the same order, each statement run on the writer's thread.
+    fn run_sync(&self, tx: &SyncTx<'_>) -> Decided {
+        let services = &self.services;
+        let user_id = self.user_id;
+        let code_ok = match (self.pending.clone(), self.step) {
+            (Some(pending), Some(step)) => {
+                match services
+                    .captcha
+                    .spend_with_step_sync(tx, pending, user_id, step)
+                {
+                    Ok(spent) => spent,
+                    Err(error) => return captcha_refused(error),
+                }
+            }
+            (pending, step) => {
+                if let Some(pending) = pending
+                    && let Err(error) = services.captcha.spend_sync(tx, pending)
+                {
+                    return captcha_refused(error);
+                }
+                match step {
+                    Some(step) => {
+                        match crate::store::users::spend_totp_step_sync(tx, user_id, step) {
+                            Ok(spent) => spent,
+                            Err(error) => return abort(&error),
+                        }
+                    }
+                    None => false,
+                }
+            }
+        };
+        let ctx = self.context.audit();
+        let refusal = match self.refusal_before_moving(code_ok) {
+            Some(refusal) => refusal,
+            None => {
+                let ledger = &services.ledger;
+                let moved = match &self.movement {
+                    Movement::Transfer {
+                        amount, message, ..
+                    } => ledger.transfer_sync(
+                        tx,
+                        &ctx,
+                        user_id,
+                        self.receiver,
+                        *amount,
+                        message,
+                        &self.key,
+                    ),
+                    Movement::Deposit { amount, card_name } => {
+                        ledger.deposit_sync(tx, &ctx, user_id, *amount, card_name, &self.key)
+                    }
+                };
+                match moved_or_refused(moved) {
+                    Ok(decided) => return decided,
+                    Err(refusal) => refusal,
+                }
+            }
+        };
+        match services
+            .audit
+            .record_sync(tx, &ctx, self.refusal_event(&refusal), None)
+        {
+            Ok(()) => audited(refusal),
+            Err(error) => abort(&error),
+        }
+    }
+
+    /// The refusal owed before any money moves: a wrong or spent code, or a username that is not
+    /// the customer's own.
+    fn refusal_before_moving(&self, code_ok: bool) -> Option<Refusal> {
+        if !code_ok {
+            Some(refuse(
                 StatusCode::UNAUTHORIZED,
                 "otp",
                 "The code is not right, or was already used. Wait for the next code in your app.",
                 "wrong_code",
-            )
+            ))
         } else if !self.own_username_ok {
-            refuse(
+            Some(refuse(
                 StatusCode::FORBIDDEN,
                 self.own.field,
                 self.own.message,
                 "not_own_username",
-            )
+            ))
         } else {
-            let ledger = &services.ledger;
-            let moved = match &self.movement {
-                Movement::Transfer {
-                    amount, message, ..
-                } => {
-                    ledger
-                        .transfer_in(
-                            tx,
-                            &ctx,
-                            user_id,
-                            self.receiver,
-                            *amount,
-                            message,
-                            &self.key,
-                        )
-                        .await
-                }
-                Movement::Deposit { amount, card_name } => {
-                    ledger
-                        .deposit_in(tx, &ctx, user_id, *amount, card_name, &self.key)
-                        .await
-                }
-            };
-            match moved {
-                Ok(outcome) => {
-                    return (Verdict::Keep, MovementOutcome::Done(Ok(outcome.entry_id())));
-                }
-                Err(error) => match ledger_refusal(&error) {
-                    Some(refusal) => refusal,
-                    None => return abort(&error),
-                },
-            }
-        };
-        // The refusal is audited in the same transaction that keeps the captcha and code spent.
-        let event = AuditEvent::MoneyMovementRefused {
+            None
+        }
+    }
+
+    fn refusal_event(&self, refusal: &Refusal) -> AuditEvent {
+        AuditEvent::MoneyMovementRefused {
             kind: self.kind,
             reason: refusal.reason,
-        };
-        if let Err(error) = services.audit.record_in(tx, &ctx, event).await {
-            return abort(&error);
         }
-        (
-            Verdict::Keep,
-            MovementOutcome::Done(Err(Refusal {
-                audited: true,
-                ..refusal
-            })),
-        )
+    }
+}
+
+/// A movement's transaction verdict and what to answer.
+type Decided = (Verdict, MovementOutcome);
+
+/// A captcha refused by its replay mark (nothing was written), or an operating error.
+fn captcha_refused(error: CaptchaError) -> Decided {
+    let verdict = if error.is_operating_error() {
+        Verdict::Abort
+    } else {
+        Verdict::Keep // nothing was written
+    };
+    (verdict, MovementOutcome::CaptchaRefused(error))
+}
+
+/// An operating error: the transaction is rolled back.
+fn abort(error: &dyn std::fmt::Display) -> Decided {
+    (
+        Verdict::Abort,
+        MovementOutcome::Done(Err(unavailable(error))),
+    )
+}
+
+/// A refusal whose audit event is written: kept with the spent captcha and code step.
+fn audited(refusal: Refusal) -> Decided {
+    (
+        Verdict::Keep,
+        MovementOutcome::Done(Err(Refusal {
+            audited: true,
+            ..refusal
+        })),
+    )
+}
+
+/// The ledger's answer: money moved (or the key's earlier entry), a refusal the customer caused
+/// (to audit), or an operating error.
+fn moved_or_refused(moved: Result<Outcome, LedgerError>) -> Result<Decided, Refusal> {
+    match moved {
+        Ok(outcome) => Ok((Verdict::Keep, MovementOutcome::Done(Ok(outcome.entry_id())))),
+        Err(error) => match ledger_refusal(&error) {
+            Some(refusal) => Err(refusal),
+            None => Ok(abort(&error)),
+        },
     }
 }
 

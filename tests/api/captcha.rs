@@ -849,42 +849,58 @@ fn error_messages_are_safe_to_show() {
 async fn a_replayed_challenge_spends_no_code_step() {
     use alphabank::store::captcha::SpendOutcome;
     let (services, _dir) = test_services().await;
-    let user = crate::helpers::customer(&services, "stepper").await;
     let expires = alphabank::now_millis() + 60_000;
-    let last_step = || async {
-        let (step,): (i64,) = sqlx::query_as("SELECT totp_last_step FROM users WHERE id = $1")
-            .bind(user)
-            .fetch_one(services.db.pool())
-            .await
-            .unwrap();
-        step
-    };
-    let spend = |hash: [u8; 32], step: i64| {
-        let db = services.db.clone();
-        async move {
-            let mut tx = db.begin_write().await.unwrap();
-            let result = captcha_store::spend_with_step_in(&mut tx, &hash, expires, user, step)
+    // Both ways a money form spends its captcha and code: in a write transaction of its own,
+    // and (SQLite) in a batch of the group-commit writer.
+    for batched in [false, true] {
+        let user = crate::helpers::customer(&services, &format!("stepper{batched}")).await;
+        let last_step = || async {
+            let (step,): (i64,) = sqlx::query_as("SELECT totp_last_step FROM users WHERE id = $1")
+                .bind(user)
+                .fetch_one(services.db.pool())
                 .await
                 .unwrap();
-            tx.commit().await.unwrap();
-            result
-        }
-    };
-    assert_eq!(spend([1; 32], 100).await, (SpendOutcome::Spent, true));
-    assert_eq!(last_step().await, 100);
-    // The same challenge with a newer step: refused, and the step stays unspent.
-    assert_eq!(
-        spend([1; 32], 101).await,
-        (SpendOutcome::AlreadySpent, false)
-    );
-    assert_eq!(last_step().await, 100);
-    // A new challenge with an old step: the challenge is spent, the step is not accepted.
-    assert_eq!(spend([2; 32], 100).await, (SpendOutcome::Spent, false));
-    assert_eq!(
-        spend([2; 32], 102).await,
-        (SpendOutcome::AlreadySpent, false)
-    );
-    // The step the replay could not take is still there for a new challenge.
-    assert_eq!(spend([3; 32], 101).await, (SpendOutcome::Spent, true));
-    assert_eq!(last_step().await, 101);
+            step
+        };
+        let spend = |n: u8, step: i64| {
+            let services = services.clone();
+            let hash = [n + if batched { 100 } else { 0 }; 32];
+            async move {
+                if batched {
+                    return crate::helpers::in_batch(&services, move |tx| {
+                        let spent =
+                            captcha_store::spend_with_step_sync(tx, &hash, expires, user, step);
+                        (alphabank::store::group::Verdict::Keep, spent.unwrap())
+                    })
+                    .await;
+                }
+                let mut tx = services.db.begin_write().await.unwrap();
+                let result = captcha_store::spend_with_step_in(&mut tx, &hash, expires, user, step)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                Some(result)
+            }
+        };
+        let Some(first) = spend(1, 100).await else {
+            continue; // PostgreSQL: no batches
+        };
+        assert_eq!(first, (SpendOutcome::Spent, true));
+        assert_eq!(last_step().await, 100);
+        // The same challenge with a newer step: refused, and the step stays unspent.
+        assert_eq!(
+            spend(1, 101).await,
+            Some((SpendOutcome::AlreadySpent, false))
+        );
+        assert_eq!(last_step().await, 100);
+        // A new challenge with an old step: the challenge is spent, the step is not accepted.
+        assert_eq!(spend(2, 100).await, Some((SpendOutcome::Spent, false)));
+        assert_eq!(
+            spend(2, 102).await,
+            Some((SpendOutcome::AlreadySpent, false))
+        );
+        // The step the replay could not take is still there for a new challenge.
+        assert_eq!(spend(3, 101).await, Some((SpendOutcome::Spent, true)));
+        assert_eq!(last_step().await, 101);
+    }
 }

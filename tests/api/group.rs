@@ -1,9 +1,8 @@
 //! Group commit (SQLite): movements queued together share one transaction, and one job's
 //! failure rolls back its batch and sends every job of it back to run on its own.
 
-use alphabank::store::group::{BatchError, Batched, GroupCommit, Verdict};
-use alphabank::store::{Engine, WriteTx, captcha as captcha_store};
-use futures_util::future::BoxFuture;
+use alphabank::store::group::{BatchError, Batched, GroupCommit, SyncTx, Verdict};
+use alphabank::store::{Engine, captcha as captcha_store};
 use tokio::sync::oneshot;
 
 use crate::helpers::test_services;
@@ -16,13 +15,9 @@ struct MarkJob {
 }
 
 impl Batched for MarkJob {
-    fn run<'a>(&'a mut self, tx: &'a mut WriteTx) -> BoxFuture<'a, Verdict> {
-        Box::pin(async move {
-            captcha_store::spend_in(tx, &self.hash, alphabank::now_millis() + 60_000)
-                .await
-                .unwrap();
-            self.verdict
-        })
+    fn run(&mut self, tx: &SyncTx<'_>) -> Verdict {
+        captcha_store::spend_sync(tx, &self.hash, alphabank::now_millis() + 60_000).unwrap();
+        self.verdict
     }
     fn finish(self: Box<Self>, outcome: Result<(), BatchError>) {
         let _ = self.reply.unwrap().send(outcome);
@@ -62,8 +57,15 @@ fn sqlite_group(services: &alphabank::startup::Services) -> Option<&GroupCommit>
     group
 }
 
-// Single-threaded runtime (the default): `submit` does not yield, so jobs submitted one after
-// the other are all queued before the writer task runs, and land in one batch.
+/// Holds the write gate (an empty write transaction) while `submit` queues jobs: the writer
+/// thread gathers its batch only once it holds the gate, so every job queued meanwhile lands in
+/// one batch.
+async fn queued_together(services: &alphabank::startup::Services, submit: impl FnOnce()) {
+    let held = services.db.begin_write().await.unwrap();
+    submit();
+    held.commit().await.unwrap();
+}
+
 #[tokio::test]
 async fn one_aborting_job_rolls_back_its_batch_and_every_job_is_sent_back() {
     let (services, _dir) = test_services().await;
@@ -73,9 +75,12 @@ async fn one_aborting_job_rolls_back_its_batch_and_every_job_is_sent_back() {
     let (a, a_answer) = job(1, Verdict::Keep);
     let (b, b_answer) = job(2, Verdict::Abort);
     let (c, c_answer) = job(3, Verdict::Keep);
-    group.submit(a);
-    group.submit(b);
-    group.submit(c);
+    queued_together(&services, || {
+        group.submit(a);
+        group.submit(b);
+        group.submit(c);
+    })
+    .await;
     for answer in [a_answer, b_answer, c_answer] {
         assert!(matches!(answer.await.unwrap(), Err(BatchError::Retry)));
     }
@@ -89,8 +94,11 @@ async fn one_aborting_job_rolls_back_its_batch_and_every_job_is_sent_back() {
     // A batch of keeping jobs commits once, with every job's write.
     let (d, d_answer) = job(4, Verdict::Keep);
     let (e, e_answer) = job(5, Verdict::Keep);
-    group.submit(d);
-    group.submit(e);
+    queued_together(&services, || {
+        group.submit(d);
+        group.submit(e);
+    })
+    .await;
     assert!(d_answer.await.unwrap().is_ok());
     assert!(e_answer.await.unwrap().is_ok());
     assert!(marked(&services, 4).await && marked(&services, 5).await);
@@ -104,7 +112,9 @@ async fn beyond_the_queue_bound_a_job_is_sent_back_at_once_to_run_alone() {
         return;
     };
     let mut answers = Vec::new();
-    // Queued without yielding: the writer has not taken any job yet.
+    // While the gate is held the writer takes at most one job off the queue and waits, so of
+    // three jobs beyond the bound at least two find the queue full.
+    let held = services.db.begin_write().await.unwrap();
     for i in 0..GROUP_COMMIT_QUEUE_MAX + 3 {
         let (reply, answer) = oneshot::channel();
         let mut hash = [0u8; 32];
@@ -116,19 +126,30 @@ async fn beyond_the_queue_bound_a_job_is_sent_back_at_once_to_run_alone() {
         }));
         answers.push(answer);
     }
-    let overflow: Vec<_> = answers.split_off(GROUP_COMMIT_QUEUE_MAX);
-    for mut answer in overflow {
-        // Already answered, before the writer ran.
-        assert!(matches!(answer.try_recv(), Ok(Err(BatchError::Retry))));
+    // Sent back already, before the writer ran a single batch.
+    let mut sent_back = 0;
+    let mut queued = Vec::new();
+    for mut answer in answers {
+        match answer.try_recv() {
+            Ok(outcome) => {
+                assert!(matches!(outcome, Err(BatchError::Retry)));
+                sent_back += 1;
+            }
+            Err(_) => queued.push(answer),
+        }
     }
-    for answer in answers {
+    assert!((2..=3).contains(&sent_back), "{sent_back} jobs sent back");
+    held.commit().await.unwrap();
+    let committed = queued.len();
+    for answer in queued {
         assert!(answer.await.unwrap().is_ok());
     }
+    assert_eq!(committed + sent_back, GROUP_COMMIT_QUEUE_MAX + 3);
     let (rows,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM captcha_spent")
         .fetch_one(services.db.pool())
         .await
         .unwrap();
-    assert_eq!(rows, GROUP_COMMIT_QUEUE_MAX as i64);
+    assert_eq!(rows, committed as i64);
 }
 
 /// Both engines: a write transaction dropped without commit — given up by its owner, or its
