@@ -8,7 +8,9 @@
 //! readers in parallel under WAL; the busy timeout covers a CLI command writing beside a running
 //! server). It is not pooled: its page cache stays warm, and a transaction costs no pool
 //! checkout or release (sqlx pings every pooled connection on its way back, on a task of its own,
-//! which under load queued the next writer behind the runtime's other work). On PostgreSQL rows are locked with
+//! which under load queued the next writer behind the runtime's other work). Money movements
+//! and session touches are written by the group commit's thread instead (`group`), on a
+//! connection of its own, behind the same mutex. On PostgreSQL rows are locked with
 //! `SELECT … FOR UPDATE` in a fixed order, so unrelated accounts never wait for each other.
 
 pub mod audit;
