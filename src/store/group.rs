@@ -18,6 +18,7 @@
 //! own ([`BatchError::Retry`]), so one failure never spoils another request's writes.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use tokio::sync::{Mutex, mpsc};
@@ -138,6 +139,7 @@ fn bind(statement: &mut rusqlite::Statement<'_>, params: &[Param<'_>]) -> rusqli
 #[derive(Clone)]
 pub struct GroupCommit {
     sender: mpsc::Sender<Box<dyn Batched>>,
+    rolled_back: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for GroupCommit {
@@ -163,11 +165,22 @@ impl GroupCommit {
         )))?;
         conn.set_prepared_statement_cache_capacity(32);
         let (sender, receiver) = mpsc::channel(GROUP_COMMIT_QUEUE_MAX);
+        let rolled_back = Arc::new(AtomicU64::new(0));
+        let counter = rolled_back.clone();
         std::thread::Builder::new()
             .name("group-commit".into())
-            .spawn(move || writer(&conn, &gate, receiver))
+            .spawn(move || writer(&conn, &gate, receiver, &counter))
             .map_err(|error| StoreError::Corrupt(format!("starting the writer thread: {error}")))?;
-        Ok(GroupCommit { sender })
+        Ok(GroupCommit {
+            sender,
+            rolled_back,
+        })
+    }
+
+    /// How many batches were rolled back so far (each job of them ran again on its own through
+    /// sqlx). Zero while nothing fails: the batches' own statements did the work.
+    pub fn batches_rolled_back(&self) -> u64 {
+        self.rolled_back.load(Ordering::Relaxed)
     }
 
     /// Queues `job`. When the queue is full or the writer is gone the job is finished at once
@@ -188,6 +201,7 @@ fn writer(
     conn: &rusqlite::Connection,
     gate: &Mutex<Option<WriteSlot>>,
     mut receiver: mpsc::Receiver<Box<dyn Batched>>,
+    rolled_back: &AtomicU64,
 ) {
     while let Some(first) = receiver.blocking_recv() {
         let mut batch = vec![first];
@@ -208,6 +222,18 @@ fn writer(
             }
             run_batch(conn, &mut batch)
         };
+        if let Err(error) = &outcome {
+            rolled_back.fetch_add(1, Ordering::Relaxed);
+            let reason = match error {
+                BatchError::Retry => "a job met an operating error; every job runs again alone",
+                BatchError::Failed(message) => message.as_str(),
+            };
+            tracing::warn!(
+                jobs = batch.len(),
+                reason,
+                "a group-commit batch was rolled back"
+            );
+        }
         for job in batch {
             job.finish(match &outcome {
                 Ok(()) => Ok(()),

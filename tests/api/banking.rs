@@ -504,4 +504,9 @@ async fn transfers_sent_at_the_same_moment_each_move_once_and_conserve_money() {
         .unwrap();
     assert_eq!(entries, 2 * people.len() as i64);
     verify(&app.services).await.unwrap();
+    if let Some(group) = app.services.db.group_commit() {
+        // SQLite: every movement was written by the batch it was queued in, none sent back to
+        // run alone (which would hide a broken batch path behind the fallback).
+        assert_eq!(group.batches_rolled_back(), 0);
+    }
 }

@@ -90,6 +90,7 @@ async fn one_aborting_job_rolls_back_its_batch_and_every_job_is_sent_back() {
             "job {n}'s write was rolled back"
         );
     }
+    assert_eq!(group.batches_rolled_back(), 1);
 
     // A batch of keeping jobs commits once, with every job's write.
     let (d, d_answer) = job(4, Verdict::Keep);
