@@ -24,12 +24,12 @@ type Key = (i64, i64);
 
 #[derive(Default)]
 struct Generations {
-    young: HashMap<Key, MovementView>,
-    old: HashMap<Key, MovementView>,
+    young: HashMap<Key, Arc<MovementView>>,
+    old: HashMap<Key, Arc<MovementView>>,
 }
 
 impl Generations {
-    fn insert(&mut self, key: Key, row: MovementView) {
+    fn insert(&mut self, key: Key, row: Arc<MovementView>) {
         if self.young.len() >= HISTORY_CACHE_ROWS {
             self.old = std::mem::take(&mut self.young);
         }
@@ -57,7 +57,7 @@ impl RowCache {
         account_id: i64,
         seq_low: i64,
         seq_high: i64,
-    ) -> Vec<Option<MovementView>> {
+    ) -> Vec<Option<Arc<MovementView>>> {
         // A poisoned lock only means another thread panicked while holding it; the maps are
         // still valid (every update is a single insert or swap).
         let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
@@ -75,7 +75,7 @@ impl RowCache {
             .collect()
     }
 
-    pub(crate) fn keep(&self, account_id: i64, rows: &[MovementView]) {
+    pub(crate) fn keep(&self, account_id: i64, rows: &[Arc<MovementView>]) {
         let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         for row in rows {
             g.insert((account_id, row.seq), row.clone());
@@ -99,8 +99,8 @@ mod tests {
     use super::*;
     use crate::domain::Money;
 
-    fn row(seq: i64) -> MovementView {
-        MovementView {
+    fn row(seq: i64) -> Arc<MovementView> {
+        Arc::new(MovementView {
             entry_id: seq,
             seq,
             created_at: 0,
@@ -109,7 +109,8 @@ mod tests {
             counterparty: None,
             message: None,
             card_name: None,
-        }
+            display: std::sync::OnceLock::new(),
+        })
     }
 
     #[test]

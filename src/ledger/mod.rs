@@ -14,6 +14,8 @@
 mod cache;
 pub mod verify;
 
+use std::sync::{Arc, OnceLock};
+
 use crate::audit::{AuditContext, AuditError, AuditEvent, AuditLog};
 use crate::crypto::{Aad, CryptoError, Keyring, random_row_id};
 use crate::domain::{Amount, CardName, DepositAmount, IdempotencyKey, Message, Money, Username};
@@ -89,13 +91,17 @@ pub struct MovementView {
     pub counterparty: Option<String>,
     pub message: Option<String>,
     pub card_name: Option<String>,
+    /// The row as a page shows it, kept with the row by whoever shows it first (the web layer
+    /// keeps its HTML here): a cached row never changes, so neither does its display.
+    pub display: OnceLock<Arc<str>>,
 }
 
 #[derive(Debug, Clone)]
 pub struct HistoryPage {
     /// The balance as of this page (read with it: one account row serves both).
     pub balance: Money,
-    pub rows: Vec<MovementView>,
+    /// Shared with the row cache.
+    pub rows: Vec<Arc<MovementView>>,
     pub page: u32,
     pub last_page: u32,
     pub total_rows: i64,
@@ -735,7 +741,7 @@ impl Ledger {
         account_id: i64,
         seq_low: i64,
         seq_high: i64,
-    ) -> Result<Vec<MovementView>, LedgerError> {
+    ) -> Result<Vec<Arc<MovementView>>, LedgerError> {
         let mut held = self.rows.range(account_id, seq_low, seq_high);
         // Newest first: held[i] is seq_high - i.
         let seq_of = |i: usize| seq_high - i as i64;
@@ -749,7 +755,7 @@ impl Ledger {
             let read = ledger_store::history_range(&self.db, account_id, low, high)
                 .await?
                 .into_iter()
-                .map(|row| self.view(account_id, row))
+                .map(|row| self.view(account_id, row).map(Arc::new))
                 .collect::<Result<Vec<_>, _>>()?;
             self.rows.keep(account_id, &read);
             for row in read {
@@ -800,6 +806,7 @@ impl Ledger {
             counterparty: row.counterparty,
             message,
             card_name,
+            display: OnceLock::new(),
         })
     }
 

@@ -16,7 +16,7 @@ use super::captcha_gate;
 use super::context::RequestContext;
 use super::extract::{CurrentUser, see_other};
 use super::form::CsrfForm;
-use super::home::Row;
+use super::home::{Row, row_html};
 use super::view::{Chrome, Errors, internal, render};
 use crate::audit::{AuditContext, AuditEvent};
 use crate::captcha::CaptchaFields;
@@ -810,7 +810,7 @@ pub async fn show_receipt(
     let chrome = Chrome::for_session(&services, &user.session, true).await;
     let page = ReceiptPage {
         chrome,
-        row: Row::from(movement),
+        row: Row::from(&movement),
         kind,
         balance_minor: balance.minor(),
         balance: balance.to_string(),
@@ -822,7 +822,8 @@ pub async fn show_receipt(
 #[template(path = "transactions.html")]
 struct HistoryPage {
     chrome: Chrome,
-    rows: Vec<Row>,
+    /// Each row's HTML (see [`super::home::row_html`]).
+    rows: Vec<std::sync::Arc<str>>,
     page: u32,
     last_page: u32,
     total: i64,
@@ -871,7 +872,7 @@ pub async fn history(State(services): State<Services>, user: CurrentUser, uri: U
             let chrome = Chrome::for_session(&services, &user.session, true).await;
             let page = HistoryPage {
                 chrome,
-                rows: history.rows.into_iter().map(Row::from).collect(),
+                rows: history.rows.iter().map(|m| row_html(m)).collect(),
                 page: history.page,
                 last_page: history.last_page,
                 total: history.total_rows,

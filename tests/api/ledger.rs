@@ -340,7 +340,7 @@ async fn rows_held_in_memory_never_hide_a_movement_made_by_another_instance() {
     deposit(&s, alice, "1").await;
     deposit(&s, alice, "2").await;
     let seen = s.ledger.history(alice, 1, 2).await.unwrap();
-    let minors = |rows: &[alphabank::ledger::MovementView]| {
+    let minors = |rows: &[std::sync::Arc<alphabank::ledger::MovementView>]| {
         rows.iter().map(|r| r.amount.minor()).collect::<Vec<_>>()
     };
     assert_eq!(minors(&seen.rows), [200, 100]);
