@@ -186,3 +186,33 @@ async fn a_write_dropped_without_commit_leaves_nothing_and_the_next_one_commits(
     assert!(marked(&services, 3).await, "the next write committed");
     assert_eq!(captcha_store::count(&services.db).await.unwrap(), 1);
 }
+
+/// SQLite: a write transaction dropped without commit (its request went away) still holds the
+/// write lock until someone rolls it back. The group commit's thread, which writes through a
+/// connection of its own, must not wait on that lock: its batch commits, and the dropped write
+/// is gone.
+#[tokio::test]
+async fn a_batch_after_a_write_dropped_without_commit_commits_and_the_dropped_write_is_gone() {
+    let (services, _dir) = test_services().await;
+    let Some(group) = sqlite_group(&services) else {
+        return;
+    };
+    let expires = alphabank::now_millis() + 60_000;
+    let mut dropped = services.db.begin_write().await.unwrap();
+    captcha_store::spend_in(&mut dropped, &[7; 32], expires)
+        .await
+        .unwrap();
+    drop(dropped);
+    let (eight, answer) = job(8, Verdict::Keep);
+    group.submit(eight);
+    assert!(answer.await.unwrap().is_ok(), "the batch committed");
+    assert!(!marked(&services, 7).await, "dropped: rolled back");
+    assert!(marked(&services, 8).await);
+    // sqlx's writer opens its connection again and writes on.
+    let mut next = services.db.begin_write().await.unwrap();
+    captcha_store::spend_in(&mut next, &[9; 32], expires)
+        .await
+        .unwrap();
+    next.commit().await.unwrap();
+    assert!(marked(&services, 9).await);
+}
