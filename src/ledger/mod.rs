@@ -827,7 +827,6 @@ impl Ledger {
     }
 }
 
-/// Splits the two rows locked for a movement into `(the one matching is_first, the other)`.
 /// A movement's receiver: known, and not the sender.
 fn transfer_receiver(user_id: i64, receiver: Option<i64>) -> Result<i64, LedgerError> {
     let to_user_id = receiver.ok_or(LedgerError::UnknownReceiver)?;
@@ -892,6 +891,7 @@ impl ComputedEntry {
     }
 }
 
+/// Splits the two rows locked for a movement into `(the one matching is_first, the other)`.
 fn split_pair(
     rows: Vec<AccountRow>,
     is_first: impl Fn(&AccountRow) -> bool,
