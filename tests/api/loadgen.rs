@@ -1,4 +1,4 @@
-//! The load generator (`src/bin/loadgen.rs`) runs its 2-second `smoke` scenario correctly against
+//! The load generator (the `loadgen` crate, `loadgen/src/main.rs`) runs its 2-second `smoke` scenario correctly against
 //! a real server: customers created by `alphabank seed`, login with a TOTP code and the built-in
 //! proof of work, home requests, a deposit and a transfer (303).
 
@@ -48,14 +48,11 @@ async fn the_load_generator_smoke_scenario_logs_in_and_makes_a_transfer() {
         "2".to_string(),
         "--json".to_string(),
     ];
-    let run = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_loadgen"))
-            .args(&args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let loadgen = loadgen_binary();
+    let run =
+        tokio::task::spawn_blocking(move || Command::new(loadgen).args(&args).output().unwrap())
+            .await
+            .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout).to_string();
     assert!(
         run.status.success(),
@@ -67,4 +64,17 @@ async fn the_load_generator_smoke_scenario_logs_in_and_makes_a_transfer() {
     assert_eq!(result["scenario"], "smoke");
     assert_eq!(result["ok"], true);
     assert_eq!(result["transfers_303"], 1, "{line}");
+}
+
+/// The load generator's binary, built beside the bank's (`target/<profile>/loadgen`): it is a
+/// crate of its own, so cargo builds it for this test only when asked (`scripts/test` runs
+/// `cargo build -p loadgen` first).
+fn loadgen_binary() -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_BIN_EXE_alphabank")).with_file_name("loadgen");
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `cargo build -p loadgen` (scripts/test does)",
+        path.display()
+    );
+    path
 }
