@@ -15,6 +15,7 @@ pub mod customers;
 pub mod domain;
 pub mod ledger;
 pub mod limits;
+pub mod payments;
 pub mod seed;
 pub mod startup;
 pub mod store;

@@ -17,6 +17,7 @@ use crate::crypto::master::MasterKeySource;
 use crate::crypto::{CryptoError, Keyring, MasterKey};
 use crate::ledger::Ledger;
 use crate::limits::SHUTDOWN_DRAIN_TIMEOUT;
+use crate::payments::Payments;
 use crate::store::{Db, keys as key_store};
 
 /// Everything a request or a CLI command needs; cheap to share: one reference count per clone
@@ -45,6 +46,7 @@ pub struct ServiceSet {
     pub keyring: Keyring,
     pub audit: AuditLog,
     pub ledger: Ledger,
+    pub payments: Payments,
     pub hasher: PasswordHasher,
     pub captcha: Captcha,
     pub rate_limiter: Arc<crate::web::rate_limit::ClientLimiter>,
@@ -116,6 +118,13 @@ pub async fn open_services(config: Config) -> Result<Services, StartError> {
         .map_err(|e| StartError::Database(e.to_string()))?;
     let captcha = Captcha::try_new(&config, db.clone(), keyring.clone())
         .map_err(|e| StartError::Config(e.to_string()))?;
+    let payments = Payments::new(
+        db.clone(),
+        keyring.clone(),
+        ledger.clone(),
+        audit.clone(),
+        captcha.clone(),
+    );
     let hasher = PasswordHasher::new(config.argon2).map_err(|e| StartError::Keys(e.to_string()))?;
     let rate_limiter = Arc::new(crate::web::rate_limit::ClientLimiter::per_minute(
         config.rate_limit_per_min,
@@ -126,6 +135,7 @@ pub async fn open_services(config: Config) -> Result<Services, StartError> {
         keyring,
         audit,
         ledger,
+        payments,
         hasher,
         captcha,
         rate_limiter,

@@ -18,8 +18,7 @@ use sqlx::AnyConnection;
 use crate::crypto::{Keyring, sha256};
 use crate::limits::{AUDIT_ANONYMOUS_STREAMS, SCAN_BATCH_ROWS};
 use crate::store::audit::{self as audit_store, AuditHead, AuditRow};
-use crate::store::group::SyncTx;
-use crate::store::{Db, StoreError, WriteTx};
+use crate::store::{Db, StoreError, Tx, WriteTx};
 
 /// Every security-relevant event. The variant name is the event name (`snake_case`).
 #[derive(Debug, Clone, Serialize)]
@@ -256,7 +255,8 @@ impl AuditLog {
         ctx: &AuditContext,
         event: AuditEvent,
     ) -> Result<(), AuditError> {
-        self.record_in_after(tx, ctx, event, None).await
+        self.record_in_after(&mut Tx::Sqlx(tx), ctx, event, None)
+            .await
     }
 
     /// [`Audit::record_in`] for a caller that already read the head of the event's stream under
@@ -266,7 +266,7 @@ impl AuditLog {
     /// `seq` it was read at, and fails otherwise.
     pub async fn record_in_after(
         &self,
-        tx: &mut WriteTx,
+        tx: &mut Tx<'_>,
         ctx: &AuditContext,
         event: AuditEvent,
         head: Option<AuditHead>,
@@ -274,29 +274,10 @@ impl AuditLog {
         let stream = stream_of(ctx);
         let (seq, prev_mac) = match head {
             Some(head) if head.stream == stream => (head.seq, head.mac),
-            _ => audit_store::lock_head(&self.db, tx, &stream, &self.genesis_mac(&stream)).await?,
+            _ => audit_store::lock_head(tx, &stream, &self.genesis_mac(&stream)).await?,
         };
         let row = self.next_row(ctx, event, stream, seq, prev_mac);
         audit_store::append(tx, &row).await?;
-        logged(&row);
-        Ok(())
-    }
-
-    /// [`AuditLog::record_in_after`] in a batch of SQLite's group-commit writer.
-    pub fn record_sync(
-        &self,
-        tx: &SyncTx<'_>,
-        ctx: &AuditContext,
-        event: AuditEvent,
-        head: Option<AuditHead>,
-    ) -> Result<(), AuditError> {
-        let stream = stream_of(ctx);
-        let (seq, prev_mac) = match head {
-            Some(head) if head.stream == stream => (head.seq, head.mac),
-            _ => audit_store::lock_head_sync(tx, &stream, &self.genesis_mac(&stream))?,
-        };
-        let row = self.next_row(ctx, event, stream, seq, prev_mac);
-        audit_store::append_sync(tx, &row)?;
         logged(&row);
         Ok(())
     }

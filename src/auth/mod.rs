@@ -127,8 +127,8 @@ pub async fn totp_candidate_step(
     let user = user_store::auth_by_id(&services.db, user_id)
         .await?
         .ok_or(AuthError::LoginFailed)?;
-    totp_step_of(
-        services,
+    totp_step_with(
+        &services.keyring,
         user_id,
         code,
         user.totp_secret_enc.as_deref(),
@@ -137,8 +137,8 @@ pub async fn totp_candidate_step(
 }
 
 /// [`totp_candidate_step`] from the customer's sealed secret and last step, already read.
-pub fn totp_step_of(
-    services: &Services,
+pub fn totp_step_with(
+    keyring: &crate::crypto::Keyring,
     user_id: i64,
     code: &str,
     sealed_secret: Option<&[u8]>,
@@ -147,7 +147,7 @@ pub fn totp_step_of(
     let (Some(code), Some(sealed)) = (totp::parse_code(code), sealed_secret) else {
         return Ok(None);
     };
-    let secret = TotpSecret::from_bytes(&services.keyring.open(&totp_aad(user_id), sealed)?);
+    let secret = TotpSecret::from_bytes(&keyring.open(&totp_aad(user_id), sealed)?);
     let now_secs = crate::now_millis() / 1_000;
     Ok(secret
         .matching_step(&code, now_secs)

@@ -22,8 +22,7 @@ pub use provider::{PROVIDER_VERIFY_TIMEOUT, ProviderKind};
 use crate::config::{CaptchaMode, Config, ConfigError};
 use crate::crypto::Keyring;
 use crate::store::captcha::{self as captcha_store, SpendOutcome};
-use crate::store::group::SyncTx;
-use crate::store::{Db, StoreError, WriteTx};
+use crate::store::{Db, StoreError, Tx};
 
 /// Most spent challenges kept in the replay store (a 32-byte hash and a time per row: roughly
 /// 100–150 MB with the indexes). When this many unexpired rows exist, new solutions are refused
@@ -394,7 +393,7 @@ impl Captcha {
         match self.check(submission, client_ip).await? {
             Some(pending) => {
                 let mut tx = self.inner.db.begin_write().await?;
-                self.spend_in(&mut tx, pending).await?;
+                self.spend_in(&mut Tx::Sqlx(&mut tx), pending).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -471,36 +470,11 @@ impl Captcha {
     /// spend of the same challenge (here or on another instance) is `Reused`.
     pub async fn spend_in(
         &self,
-        tx: &mut WriteTx,
+        tx: &mut Tx<'_>,
         pending: PendingSpend,
     ) -> Result<(), CaptchaError> {
         let outcome = captcha_store::spend_in(tx, &pending.key, pending.keep_until_millis).await?;
         self.counted(outcome)
-    }
-
-    /// [`Captcha::spend_in`] in a batch of SQLite's group-commit writer.
-    pub fn spend_sync(&self, tx: &SyncTx<'_>, pending: PendingSpend) -> Result<(), CaptchaError> {
-        let outcome = captcha_store::spend_sync(tx, &pending.key, pending.keep_until_millis)?;
-        self.counted(outcome)
-    }
-
-    /// [`Captcha::spend_with_step_in`] in a batch of SQLite's group-commit writer.
-    pub fn spend_with_step_sync(
-        &self,
-        tx: &SyncTx<'_>,
-        pending: PendingSpend,
-        user_id: i64,
-        step: i64,
-    ) -> Result<bool, CaptchaError> {
-        let (outcome, step_spent) = captcha_store::spend_with_step_sync(
-            tx,
-            &pending.key,
-            pending.keep_until_millis,
-            user_id,
-            step,
-        )?;
-        self.counted(outcome)?;
-        Ok(step_spent)
     }
 
     /// [`Captcha::spend_in`] and the customer's one-time-code `step` (on SQLite in one call; see
@@ -508,7 +482,7 @@ impl Captcha {
     /// `Ok(whether the step was spent)`.
     pub async fn spend_with_step_in(
         &self,
-        tx: &mut WriteTx,
+        tx: &mut Tx<'_>,
         pending: PendingSpend,
         user_id: i64,
         step: i64,

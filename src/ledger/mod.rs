@@ -19,12 +19,11 @@ use std::sync::{Arc, OnceLock};
 use crate::audit::{AuditContext, AuditError, AuditEvent, AuditLog};
 use crate::crypto::{Aad, CryptoError, Keyring, random_row_id};
 use crate::domain::{Amount, CardName, DepositAmount, IdempotencyKey, Message, Money, Username};
-use crate::store::group::SyncTx;
 use crate::store::ledger::{
     self as ledger_store, AccountHead, AccountRow, CASH_ACCOUNT_ID, CustomerKey, EntryRow,
     HistoryRow, PostingRow,
 };
-use crate::store::{Db, StoreError, WriteTx, users as user_store};
+use crate::store::{Db, StoreError, Tx, TxWork, Verdict, WriteTx, users as user_store};
 
 pub const KIND_DEPOSIT: &str = "deposit";
 pub const KIND_TRANSFER: &str = "transfer";
@@ -202,7 +201,7 @@ impl Ledger {
     /// Creates the bank's cash account (the source of ATM deposits) if it does not exist yet.
     pub async fn ensure_cash_account(&self) -> Result<(), LedgerError> {
         let mut tx = self.db.begin_write().await?;
-        if ledger_store::lock_account(&self.db, &mut tx, CASH_ACCOUNT_ID)
+        if ledger_store::lock_account(&mut tx, CASH_ACCOUNT_ID)
             .await?
             .is_none()
         {
@@ -285,56 +284,123 @@ impl Ledger {
         card_name: &CardName,
         key: &IdempotencyKey,
     ) -> Result<Outcome, LedgerError> {
-        let mut tx = self.db.begin_write().await?;
-        let outcome = self
-            .deposit_in(&mut tx, ctx, user_id, amount, card_name, key)
-            .await?;
-        tx.commit().await?;
-        Ok(outcome)
+        let what = Move::Deposit {
+            amount,
+            card_name: card_name.clone(),
+        };
+        self.move_alone(ctx, user_id, what, key).await
     }
 
-    /// ATM deposit inside the caller's write transaction (the web form also spends its captcha
-    /// and one-time code in it, so a deposit is one commit). Nothing is written on an error.
-    pub async fn deposit_in(
+    /// Transfer to another customer by username (matched ignoring case), in its own transaction.
+    pub async fn transfer(
         &self,
-        tx: &mut WriteTx,
         ctx: &AuditContext,
         user_id: i64,
-        amount: DepositAmount,
-        card_name: &CardName,
+        to: &Username,
+        amount: Amount,
+        message: &Message,
         key: &IdempotencyKey,
     ) -> Result<Outcome, LedgerError> {
-        let audit_stream = crate::audit::user_stream(user_id);
-        let customer_key = CustomerKey::new(user_id, key, &audit_stream);
-        let locked = ledger_store::lock_account_and_user(
-            &self.db,
-            tx,
-            CASH_ACCOUNT_ID,
+        let receiver = self.receiver(to).await?;
+        let what = Move::Transfer {
+            receiver,
+            amount,
+            message: message.clone(),
+        };
+        self.move_alone(ctx, user_id, what, key).await
+    }
+
+    /// A movement in a write transaction of its own (see [`Db::run_write`]).
+    async fn move_alone(
+        &self,
+        ctx: &AuditContext,
+        user_id: i64,
+        what: Move,
+        key: &IdempotencyKey,
+    ) -> Result<Outcome, LedgerError> {
+        let work = MoveWork {
+            ledger: self.clone(),
+            ctx: ctx.clone(),
             user_id,
-            Some(customer_key),
-        )
-        .await?;
-        let planned = self.plan_deposit(user_id, locked, amount, card_name)?;
-        self.write_planned(tx, ctx, user_id, planned, customer_key)
-            .await
+            what,
+            key: key.clone(),
+            outcome: None,
+        };
+        let done = self.db.run_write(work).await?;
+        done.outcome.unwrap_or_else(|| {
+            Err(StoreError::Corrupt("a movement's transaction did not run".into()).into())
+        })
     }
 
-    /// [`Ledger::deposit_in`] in a batch of SQLite's group-commit writer.
-    pub fn deposit_sync(
+    /// The customer a transfer to `to` goes to (`None`: no such customer). Usernames never
+    /// change hands, so this read may happen before the write transaction.
+    pub async fn receiver(&self, to: &Username) -> Result<Option<i64>, LedgerError> {
+        let mut conn = self.db.pool().acquire().await.map_err(StoreError::from)?;
+        Ok(
+            user_store::id_by_username_key_in(&mut conn, &to.lookup_key())
+                .await?
+                .map(|(id, _)| id),
+        )
+    }
+
+    /// A customer's movement inside the caller's write transaction: lock (the store's, per
+    /// engine), plan (pure, here), apply (the store's, per engine), and its audit event.
+    /// Refusals (`UnknownReceiver`, `SelfTransfer`, `InsufficientFunds`) write nothing, so the
+    /// caller may still commit its own writes. Nothing is written on an error.
+    pub async fn move_in(
         &self,
-        tx: &SyncTx<'_>,
+        tx: &mut Tx<'_>,
         ctx: &AuditContext,
         user_id: i64,
-        amount: DepositAmount,
-        card_name: &CardName,
+        what: &Move,
         key: &IdempotencyKey,
     ) -> Result<Outcome, LedgerError> {
         let audit_stream = crate::audit::user_stream(user_id);
         let customer_key = CustomerKey::new(user_id, key, &audit_stream);
-        let locked =
-            ledger_store::lock_account_and_user_sync(tx, CASH_ACCOUNT_ID, user_id, customer_key)?;
-        let planned = self.plan_deposit(user_id, locked, amount, card_name)?;
-        self.write_planned_sync(tx, ctx, user_id, planned, customer_key)
+        let planned = match what {
+            Move::Transfer {
+                receiver,
+                amount,
+                message,
+            } => {
+                let to_user_id = transfer_receiver(user_id, *receiver)?;
+                let locked = ledger_store::lock_accounts_of_users(
+                    tx,
+                    user_id,
+                    to_user_id,
+                    Some(customer_key),
+                )
+                .await?;
+                self.plan_transfer(user_id, to_user_id, locked, *amount, message)?
+            }
+            Move::Deposit { amount, card_name } => {
+                let locked = ledger_store::lock_account_and_user(
+                    tx,
+                    CASH_ACCOUNT_ID,
+                    user_id,
+                    Some(customer_key),
+                )
+                .await?;
+                self.plan_deposit(user_id, locked, *amount, card_name)?
+            }
+        };
+        let planned = match planned {
+            Planned::Replayed(entry_id) => return Ok(Outcome::Replayed { entry_id }),
+            Planned::Write(planned) => *planned,
+        };
+        let e = &planned.entry;
+        ledger_store::write_entry(tx, &e.entry, &e.postings, e.heads(), Some(customer_key)).await?;
+        self.audit
+            .record_in_after(
+                tx,
+                &ctx.with_user(user_id),
+                planned.event,
+                planned.audit_head,
+            )
+            .await?;
+        Ok(Outcome::Moved {
+            entry_id: e.entry.id,
+        })
     }
 
     /// What a deposit writes, once its accounts are locked.
@@ -365,141 +431,6 @@ impl Ledger {
             event: AuditEvent::Deposit { entry_id },
             audit_head: locked.audit_head,
         })))
-    }
-
-    /// Writes a planned movement and its audit event inside `tx`.
-    async fn write_planned(
-        &self,
-        tx: &mut WriteTx,
-        ctx: &AuditContext,
-        user_id: i64,
-        planned: Planned,
-        key: CustomerKey<'_>,
-    ) -> Result<Outcome, LedgerError> {
-        let planned = match planned {
-            Planned::Replayed(entry_id) => return Ok(Outcome::Replayed { entry_id }),
-            Planned::Write(planned) => *planned,
-        };
-        let e = &planned.entry;
-        ledger_store::write_entry(tx, &e.entry, &e.postings, e.heads(), Some(key)).await?;
-        self.audit
-            .record_in_after(
-                tx,
-                &ctx.with_user(user_id),
-                planned.event,
-                planned.audit_head,
-            )
-            .await?;
-        Ok(Outcome::Moved {
-            entry_id: e.entry.id,
-        })
-    }
-
-    /// [`Ledger::write_planned`] in a batch of SQLite's group-commit writer.
-    fn write_planned_sync(
-        &self,
-        tx: &SyncTx<'_>,
-        ctx: &AuditContext,
-        user_id: i64,
-        planned: Planned,
-        key: CustomerKey<'_>,
-    ) -> Result<Outcome, LedgerError> {
-        let planned = match planned {
-            Planned::Replayed(entry_id) => return Ok(Outcome::Replayed { entry_id }),
-            Planned::Write(planned) => *planned,
-        };
-        let e = &planned.entry;
-        ledger_store::write_entry_sync(tx, &e.entry, &e.postings, e.heads(), Some(key))?;
-        self.audit.record_sync(
-            tx,
-            &ctx.with_user(user_id),
-            planned.event,
-            planned.audit_head,
-        )?;
-        Ok(Outcome::Moved {
-            entry_id: e.entry.id,
-        })
-    }
-
-    /// Transfer to another customer by username (matched ignoring case), in its own transaction.
-    pub async fn transfer(
-        &self,
-        ctx: &AuditContext,
-        user_id: i64,
-        to: &Username,
-        amount: Amount,
-        message: &Message,
-        key: &IdempotencyKey,
-    ) -> Result<Outcome, LedgerError> {
-        let receiver = self.receiver(to).await?;
-        let mut tx = self.db.begin_write().await?;
-        let outcome = self
-            .transfer_in(&mut tx, ctx, user_id, receiver, amount, message, key)
-            .await?;
-        tx.commit().await?;
-        Ok(outcome)
-    }
-
-    /// The customer a transfer to `to` goes to (`None`: no such customer). Usernames never
-    /// change hands, so this read may happen before the write transaction.
-    pub async fn receiver(&self, to: &Username) -> Result<Option<i64>, LedgerError> {
-        let mut conn = self.db.pool().acquire().await.map_err(StoreError::from)?;
-        Ok(
-            user_store::id_by_username_key_in(&mut conn, &to.lookup_key())
-                .await?
-                .map(|(id, _)| id),
-        )
-    }
-
-    /// Transfer to customer `receiver` (from [`Ledger::receiver`]) inside the caller's write
-    /// transaction. Refusals (`UnknownReceiver`, `SelfTransfer`, `InsufficientFunds`) write
-    /// nothing, so the caller may still commit its own writes.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn transfer_in(
-        &self,
-        tx: &mut WriteTx,
-        ctx: &AuditContext,
-        user_id: i64,
-        receiver: Option<i64>,
-        amount: Amount,
-        message: &Message,
-        key: &IdempotencyKey,
-    ) -> Result<Outcome, LedgerError> {
-        let to_user_id = transfer_receiver(user_id, receiver)?;
-        let audit_stream = crate::audit::user_stream(user_id);
-        let customer_key = CustomerKey::new(user_id, key, &audit_stream);
-        let locked = ledger_store::lock_accounts_of_users(
-            &self.db,
-            tx,
-            user_id,
-            to_user_id,
-            Some(customer_key),
-        )
-        .await?;
-        let planned = self.plan_transfer(user_id, to_user_id, locked, amount, message)?;
-        self.write_planned(tx, ctx, user_id, planned, customer_key)
-            .await
-    }
-
-    /// [`Ledger::transfer_in`] in a batch of SQLite's group-commit writer.
-    #[allow(clippy::too_many_arguments)]
-    pub fn transfer_sync(
-        &self,
-        tx: &SyncTx<'_>,
-        ctx: &AuditContext,
-        user_id: i64,
-        receiver: Option<i64>,
-        amount: Amount,
-        message: &Message,
-        key: &IdempotencyKey,
-    ) -> Result<Outcome, LedgerError> {
-        let to_user_id = transfer_receiver(user_id, receiver)?;
-        let audit_stream = crate::audit::user_stream(user_id);
-        let customer_key = CustomerKey::new(user_id, key, &audit_stream);
-        let locked =
-            ledger_store::lock_accounts_of_users_sync(tx, user_id, to_user_id, customer_key)?;
-        let planned = self.plan_transfer(user_id, to_user_id, locked, amount, message)?;
-        self.write_planned_sync(tx, ctx, user_id, planned, customer_key)
     }
 
     /// What a transfer writes, once its accounts are locked.
@@ -628,7 +559,7 @@ impl Ledger {
     ) -> Result<[AccountRow; 2], LedgerError> {
         let computed = self.compute_entry(content, postings)?;
         ledger_store::write_entry(
-            tx,
+            &mut Tx::Sqlx(tx),
             &computed.entry,
             &computed.postings,
             computed.heads(),
@@ -648,9 +579,13 @@ impl Ledger {
         card_name: &CardName,
     ) -> Result<u64, LedgerError> {
         let mut tx = self.db.begin_write().await?;
-        let locked =
-            ledger_store::lock_account_and_user(&self.db, &mut tx, CASH_ACCOUNT_ID, user_id, None)
-                .await?;
+        let locked = ledger_store::lock_account_and_user(
+            &mut Tx::Sqlx(&mut tx),
+            CASH_ACCOUNT_ID,
+            user_id,
+            None,
+        )
+        .await?;
         let (mut cash, mut customer) = split_pair(locked.accounts, |a| a.id == CASH_ACCOUNT_ID)?;
         let ctx = ctx.with_user(user_id);
         for amount in amounts {
@@ -810,20 +745,49 @@ impl Ledger {
         })
     }
 
-    /// Records a refused movement (the customer's mistake, not an operating error).
-    pub async fn audit_refusal(
-        &self,
-        ctx: &AuditContext,
-        kind: &'static str,
-        reason: &'static str,
-    ) {
-        self.audit
-            .record_best_effort(ctx, AuditEvent::MoneyMovementRefused { kind, reason })
-            .await;
-    }
-
     pub(crate) fn keyring(&self) -> &Keyring {
         &self.keyring
+    }
+}
+
+/// What a customer's movement moves, once its fields parsed.
+#[derive(Debug, Clone)]
+pub enum Move {
+    /// To the customer `receiver` (`None`: no customer has the username given).
+    Transfer {
+        receiver: Option<i64>,
+        amount: Amount,
+        message: Message,
+    },
+    /// From the bank's cash account (an ATM deposit).
+    Deposit {
+        amount: DepositAmount,
+        card_name: CardName,
+    },
+}
+
+/// [`Ledger::move_in`] as a write transaction of its own.
+struct MoveWork {
+    ledger: Ledger,
+    ctx: AuditContext,
+    user_id: i64,
+    what: Move,
+    key: IdempotencyKey,
+    outcome: Option<Result<Outcome, LedgerError>>,
+}
+
+impl TxWork for MoveWork {
+    async fn run(&mut self, tx: &mut Tx<'_>) -> Verdict {
+        let outcome = self
+            .ledger
+            .move_in(tx, &self.ctx, self.user_id, &self.what, &self.key)
+            .await;
+        let verdict = match &outcome {
+            Ok(_) => Verdict::Keep,
+            Err(_) => Verdict::Abort,
+        };
+        self.outcome = Some(outcome);
+        verdict
     }
 }
 

@@ -3,7 +3,7 @@
 use sqlx::{AnyConnection, Row};
 
 use super::group::{Param, SyncTx, opt_int, opt_text};
-use super::{Db, StoreError, WriteTx};
+use super::{Db, Engine, StoreError, Tx, WriteTx};
 
 #[derive(Debug, Clone)]
 pub struct AuditRow {
@@ -90,11 +90,14 @@ const APPEND_SQLITE_STATEMENTS: [&str; 2] = [insert_event_sql!(), move_head_sql!
 
 /// Locks the head of `stream` (creating it with `genesis_mac` if new) and returns `(seq, mac)`.
 pub async fn lock_head(
-    _db: &Db,
-    tx: &mut WriteTx,
+    tx: &mut Tx<'_>,
     stream: &str,
     genesis_mac: &[u8],
 ) -> Result<(i64, Vec<u8>), StoreError> {
+    let tx = match tx {
+        Tx::Sqlx(tx) => tx,
+        Tx::Batch(tx) => return lock_head_batch(tx, stream, genesis_mac),
+    };
     // One statement: creates the head if new, and on PostgreSQL the upsert row-locks it (like
     // `FOR UPDATE`) until the transaction ends; SQLite holds its single write lock.
     let head: (i64, Vec<u8>) = sqlx::query_as(LOCK_HEAD)
@@ -105,10 +108,17 @@ pub async fn lock_head(
     Ok(head)
 }
 
-pub async fn append(tx: &mut WriteTx, event: &AuditRow) -> Result<(), StoreError> {
+pub async fn append(tx: &mut Tx<'_>, event: &AuditRow) -> Result<(), StoreError> {
+    match tx {
+        Tx::Sqlx(tx) => append_sqlx(tx, event).await,
+        Tx::Batch(tx) => append_batch(tx, event),
+    }
+}
+
+async fn append_sqlx(tx: &mut WriteTx, event: &AuditRow) -> Result<(), StoreError> {
     // The event and its head in one round trip: on PostgreSQL one statement, on SQLite (no
     // data-modifying `WITH`) two statements of one call.
-    let postgres = tx.conn().backend_name() == "PostgreSQL";
+    let postgres = tx.engine() == Engine::Postgres;
     let sql = if postgres {
         APPEND_POSTGRES
     } else {
@@ -151,7 +161,7 @@ pub async fn append(tx: &mut WriteTx, event: &AuditRow) -> Result<(), StoreError
 }
 
 /// [`lock_head`] on SQLite's group-commit writer.
-pub fn lock_head_sync(
+fn lock_head_batch(
     tx: &SyncTx<'_>,
     stream: &str,
     genesis_mac: &[u8],
@@ -163,7 +173,7 @@ pub fn lock_head_sync(
 }
 
 /// [`append`] on SQLite's group-commit writer.
-pub fn append_sync(tx: &SyncTx<'_>, event: &AuditRow) -> Result<(), StoreError> {
+fn append_batch(tx: &SyncTx<'_>, event: &AuditRow) -> Result<(), StoreError> {
     let params = [
         Param::Text(event.stream.as_bytes()),
         Param::Integer(event.seq),

@@ -4,7 +4,7 @@
 //! `crate::captcha`.
 
 use super::group::{Param, SyncTx};
-use super::{Db, StoreError, WriteTx};
+use super::{Db, Engine, StoreError, Tx, WriteTx};
 
 macro_rules! spend_sql {
     () => {
@@ -38,7 +38,7 @@ pub async fn spend(
     expires_at: i64,
 ) -> Result<SpendOutcome, StoreError> {
     let mut tx = db.begin_write().await?;
-    let outcome = spend_in(&mut tx, challenge_hash, expires_at).await?;
+    let outcome = spend_in(&mut Tx::Sqlx(&mut tx), challenge_hash, expires_at).await?;
     tx.commit().await?;
     Ok(outcome)
 }
@@ -46,6 +46,17 @@ pub async fn spend(
 /// [`spend`] inside the caller's write transaction (a money form's one transaction). A
 /// concurrent spend of the same challenge waits for this transaction and then finds the row.
 pub async fn spend_in(
+    tx: &mut Tx<'_>,
+    challenge_hash: &[u8],
+    expires_at: i64,
+) -> Result<SpendOutcome, StoreError> {
+    match tx {
+        Tx::Sqlx(tx) => spend_sqlx(tx, challenge_hash, expires_at).await,
+        Tx::Batch(tx) => spend_batch(tx, challenge_hash, expires_at),
+    }
+}
+
+async fn spend_sqlx(
     tx: &mut WriteTx,
     challenge_hash: &[u8],
     expires_at: i64,
@@ -77,13 +88,26 @@ fn already_spent_or(error: sqlx::Error) -> Result<SpendOutcome, StoreError> {
 /// trip to the writer's connection thread; within its one write transaction nothing can come
 /// between the check and the mark); on PostgreSQL, one data-modifying `WITH` statement.
 pub async fn spend_with_step_in(
+    tx: &mut Tx<'_>,
+    challenge_hash: &[u8],
+    expires_at: i64,
+    user_id: i64,
+    step: i64,
+) -> Result<(SpendOutcome, bool), StoreError> {
+    match tx {
+        Tx::Sqlx(tx) => spend_with_step_sqlx(tx, challenge_hash, expires_at, user_id, step).await,
+        Tx::Batch(tx) => spend_with_step_batch(tx, challenge_hash, expires_at, user_id, step),
+    }
+}
+
+async fn spend_with_step_sqlx(
     tx: &mut WriteTx,
     challenge_hash: &[u8],
     expires_at: i64,
     user_id: i64,
     step: i64,
 ) -> Result<(SpendOutcome, bool), StoreError> {
-    if tx.conn().backend_name() == "PostgreSQL" {
+    if tx.engine() == Engine::Postgres {
         // One statement: the step's update sees the mark's `RETURNING` rows, so it runs only
         // when the mark was inserted. A concurrent spend of the same challenge makes the insert
         // wait for that transaction and then do nothing; a concurrent code of the same customer
@@ -128,7 +152,7 @@ pub async fn spend_with_step_in(
 }
 
 /// [`spend_in`] on the group-commit writer's connection.
-pub fn spend_sync(
+fn spend_batch(
     tx: &SyncTx<'_>,
     challenge_hash: &[u8],
     expires_at: i64,
@@ -141,7 +165,7 @@ pub fn spend_sync(
 }
 
 /// [`spend_with_step_in`] on the group-commit writer's connection (SQLite).
-pub fn spend_with_step_sync(
+fn spend_with_step_batch(
     tx: &SyncTx<'_>,
     challenge_hash: &[u8],
     expires_at: i64,

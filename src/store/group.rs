@@ -11,42 +11,87 @@
 //! a batch runs, the writer holds the same in-process write gate as sqlx's write connection
 //! ([`super::Db::begin_write`]), so the two never wait on SQLite's file lock for each other.
 //!
-//! A job runs exactly as it would alone, in submission order, and sees the writes of the jobs
-//! before it in its batch (so two jobs with the same one-time code or idempotency key behave as
-//! they would one after the other). A job that meets an operating error says so
-//! ([`Verdict::Abort`]): the batch is rolled back and every job of it is told to run again on its
-//! own ([`BatchError::Retry`]), so one failure never spoils another request's writes.
+//! A job is a [`TxWork`], the same code that runs in a PostgreSQL transaction: its statements
+//! see a [`Tx::Batch`] and are synchronous here, so its future completes in one poll on this
+//! thread. A job runs exactly as it would alone, in submission order, and sees the writes of the
+//! jobs before it in its batch (so two jobs with the same one-time code or idempotency key behave
+//! as they would one after the other). A job that meets an operating error says so
+//! ([`Verdict::Abort`]): the batch is rolled back and every job of it runs again in a batch of
+//! its own, so one failure never spoils another request's writes. There is no second executor.
 
+use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::{StoreError, WriteSlot};
-use crate::limits::{GROUP_COMMIT_BATCH_MAX, GROUP_COMMIT_QUEUE_MAX, SQLITE_BUSY_TIMEOUT_MILLIS};
-
-/// Whether a job's writes may be committed with the batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Keep,
-    Abort,
-}
+use super::{StoreError, Tx, TxWork, Verdict, WriteSlot};
+use crate::limits::{
+    DB_POOL_ACQUIRE_TIMEOUT, GROUP_COMMIT_BATCH_MAX, GROUP_COMMIT_QUEUE_MAX,
+    SQLITE_BUSY_TIMEOUT_MILLIS,
+};
 
 /// Why a job's writes were not committed.
-#[derive(Debug)]
-pub enum BatchError {
-    /// The batch was rolled back because of another job (or this one): run the job on its own.
-    Retry,
+#[derive(Debug, Clone)]
+enum BatchError {
+    /// The batch was rolled back because of a job's `Abort`.
+    RolledBack,
     /// The database refused the transaction or its commit; nothing of the batch was kept.
-    Failed(String),
+    Failed { busy: bool, message: String },
 }
 
-/// A write job: runs inside the batch's transaction (on the writer's thread: it must not block
+/// A queued job: runs inside the batch's transaction (on the writer's thread: it must not wait
 /// on anything but its own statements), then hears whether it was committed.
-pub trait Batched: Send + 'static {
-    fn run(&mut self, tx: &SyncTx<'_>) -> Verdict;
+trait Batched: Send + 'static {
+    fn run(&mut self, tx: &mut rusqlite::Connection) -> Verdict;
+    /// Runs only in a batch of its own.
+    fn alone(&self) -> bool;
     fn finish(self: Box<Self>, outcome: Result<(), BatchError>);
+}
+
+/// A [`TxWork`] on its way through the queue, and where to hand it back.
+struct Job<W: TxWork> {
+    work: W,
+    alone: bool,
+    reply: Option<oneshot::Sender<(W, Result<(), BatchError>)>>,
+}
+
+impl<W: TxWork> Batched for Job<W> {
+    fn run(&mut self, conn: &mut rusqlite::Connection) -> Verdict {
+        let mut tx = Tx::Batch(SyncTx { conn });
+        complete_now(self.work.run(&mut tx)).unwrap_or_else(|| {
+            tracing::error!("a group-commit job waited on something besides its statements");
+            Verdict::Abort
+        })
+    }
+
+    fn alone(&self) -> bool {
+        self.alone
+    }
+
+    fn finish(self: Box<Self>, outcome: Result<(), BatchError>) {
+        let Job { work, reply, .. } = *self;
+        if let Some(reply) = reply {
+            // The request may have gone away meanwhile; its writes are committed or not all the same.
+            let _ = reply.send((work, outcome));
+        }
+    }
+}
+
+/// Polls `future` once: `Some(output)` when it is ready. A job's statements on this thread never
+/// wait, so its future is ready at once; one that is not is a bug, refused rather than blocked on.
+fn complete_now<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
+    }
 }
 
 /// A value bound to a `$N` placeholder.
@@ -70,7 +115,7 @@ pub fn opt_int(value: Option<i64>) -> Param<'static> {
 /// The batch's write transaction, on the writer's own connection. Statements use the same `$N`
 /// placeholders as the rest of the store (`$1` is `params[0]`, in whichever statement it appears).
 pub struct SyncTx<'c> {
-    conn: &'c rusqlite::Connection,
+    conn: &'c mut rusqlite::Connection,
 }
 
 impl SyncTx<'_> {
@@ -140,6 +185,8 @@ fn bind(statement: &mut rusqlite::Statement<'_>, params: &[Param<'_>]) -> rusqli
 pub struct GroupCommit {
     sender: mpsc::Sender<Box<dyn Batched>>,
     rolled_back: Arc<AtomicU64>,
+    /// Jobs queued and not yet in a batch.
+    waiting: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for GroupCommit {
@@ -155,7 +202,7 @@ impl GroupCommit {
         gate: Arc<Mutex<Option<WriteSlot>>>,
         path: &str,
     ) -> Result<Self, StoreError> {
-        let conn = rusqlite::Connection::open(path)?;
+        let mut conn = rusqlite::Connection::open(path)?;
         // The settings of every other connection (see `super::configure`).
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -166,55 +213,103 @@ impl GroupCommit {
         conn.set_prepared_statement_cache_capacity(32);
         let (sender, receiver) = mpsc::channel(GROUP_COMMIT_QUEUE_MAX);
         let rolled_back = Arc::new(AtomicU64::new(0));
-        let counter = rolled_back.clone();
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let counters = Counters {
+            rolled_back: rolled_back.clone(),
+            waiting: waiting.clone(),
+        };
         std::thread::Builder::new()
             .name("group-commit".into())
-            .spawn(move || writer(&conn, &gate, receiver, &counter))
+            .spawn(move || writer(&mut conn, &gate, receiver, &counters))
             .map_err(|error| StoreError::Corrupt(format!("starting the writer thread: {error}")))?;
         Ok(GroupCommit {
             sender,
             rolled_back,
+            waiting,
         })
     }
 
-    /// How many batches were rolled back so far (each job of them ran again on its own through
-    /// sqlx). Zero while nothing fails: the batches' own statements did the work.
+    /// How many batches were rolled back so far (each job of them ran again in a batch of its
+    /// own). Zero while nothing fails.
     pub fn batches_rolled_back(&self) -> u64 {
         self.rolled_back.load(Ordering::Relaxed)
     }
 
-    /// Queues `job`. When the queue is full or the writer is gone the job is finished at once
-    /// with [`BatchError::Retry`], and the caller runs it on its own.
-    pub fn submit(&self, job: Box<dyn Batched>) {
-        if let Err(error) = self.sender.try_send(job) {
-            let job = match error {
-                mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job) => {
-                    job
-                }
-            };
-            job.finish(Err(BatchError::Retry));
+    /// How many jobs are queued and not yet in a batch (the queue's depth).
+    pub fn jobs_waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Runs `work` in a batch and hands it back once the batch has committed or rolled back.
+    /// A batch rolled back because of another job runs the work again in a batch of its own; a
+    /// rollback there was the work's own `Abort`, which the work itself reports. A full queue
+    /// waits for room (at most `DB_POOL_ACQUIRE_TIMEOUT`, then [`StoreError::Busy`]).
+    pub async fn run<W: TxWork>(&self, work: W) -> Result<W, StoreError> {
+        let (work, outcome) = self.queue(work, false).await?;
+        let (work, outcome) = match outcome {
+            Err(BatchError::RolledBack) => self.queue(work, true).await?,
+            other => (work, other),
+        };
+        match outcome {
+            Ok(()) | Err(BatchError::RolledBack) => Ok(work),
+            Err(BatchError::Failed { busy: true, .. }) => Err(StoreError::Busy),
+            Err(BatchError::Failed { message, .. }) => Err(StoreError::Batch(message)),
         }
+    }
+
+    async fn queue<W: TxWork>(
+        &self,
+        work: W,
+        alone: bool,
+    ) -> Result<(W, Result<(), BatchError>), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(Job {
+            work,
+            alone,
+            reply: Some(reply),
+        });
+        let stopped = || StoreError::Batch("the group-commit writer stopped".into());
+        let permit = tokio::time::timeout(DB_POOL_ACQUIRE_TIMEOUT, self.sender.reserve())
+            .await
+            .map_err(|_| StoreError::Busy)?
+            .map_err(|_| stopped())?;
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        permit.send(job);
+        answer.await.map_err(|_| stopped())
     }
 }
 
+/// What the writer thread counts, shared with [`GroupCommit`].
+struct Counters {
+    rolled_back: Arc<AtomicU64>,
+    waiting: Arc<AtomicUsize>,
+}
+
 fn writer(
-    conn: &rusqlite::Connection,
+    conn: &mut rusqlite::Connection,
     gate: &Mutex<Option<WriteSlot>>,
     mut receiver: mpsc::Receiver<Box<dyn Batched>>,
-    rolled_back: &AtomicU64,
+    counters: &Counters,
 ) {
-    while let Some(first) = receiver.blocking_recv() {
+    // A job that must run alone, met while gathering another batch: it opens the next one.
+    let mut held: Option<Box<dyn Batched>> = None;
+    while let Some(first) = held.take().or_else(|| receiver.blocking_recv()) {
         let mut batch = vec![first];
         let outcome = {
             // No sqlx write transaction in this process meanwhile. The gate is taken before the
             // batch is gathered: jobs queued while another writer held it join this batch.
             let mut slot = gate.blocking_lock();
-            while batch.len() < GROUP_COMMIT_BATCH_MAX {
+            while batch.len() < GROUP_COMMIT_BATCH_MAX && !batch.iter().any(|job| job.alone()) {
                 match receiver.try_recv() {
+                    Ok(job) if job.alone() => {
+                        held = Some(job);
+                        break;
+                    }
                     Ok(job) => batch.push(job),
                     Err(_) => break,
                 }
             }
+            counters.waiting.fetch_sub(batch.len(), Ordering::Relaxed);
             if slot.as_ref().is_some_and(|open| open.rollback_pending) {
                 // A transaction dropped without commit still holds SQLite's write lock: closing
                 // its connection rolls it back (the next `begin_write` opens a new one).
@@ -223,10 +318,12 @@ fn writer(
             run_batch(conn, &mut batch)
         };
         if let Err(error) = &outcome {
-            rolled_back.fetch_add(1, Ordering::Relaxed);
+            counters.rolled_back.fetch_add(1, Ordering::Relaxed);
             let reason = match error {
-                BatchError::Retry => "a job met an operating error; every job runs again alone",
-                BatchError::Failed(message) => message.as_str(),
+                BatchError::RolledBack => {
+                    "a job met an operating error; every job runs again alone"
+                }
+                BatchError::Failed { message, .. } => message.as_str(),
             };
             tracing::warn!(
                 jobs = batch.len(),
@@ -235,24 +332,25 @@ fn writer(
             );
         }
         for job in batch {
-            job.finish(match &outcome {
-                Ok(()) => Ok(()),
-                Err(BatchError::Retry) => Err(BatchError::Retry),
-                Err(BatchError::Failed(message)) => Err(BatchError::Failed(message.clone())),
-            });
+            job.finish(outcome.clone());
         }
     }
 }
 
 /// Runs a batch's jobs in one transaction and commits it, or rolls it back.
 fn run_batch(
-    conn: &rusqlite::Connection,
+    conn: &mut rusqlite::Connection,
     batch: &mut [Box<dyn Batched>],
 ) -> Result<(), BatchError> {
-    let failed = |error: rusqlite::Error| BatchError::Failed(StoreError::from(error).to_string());
+    let failed = |error: rusqlite::Error| {
+        let error = StoreError::from(error);
+        BatchError::Failed {
+            busy: error.is_busy(),
+            message: error.to_string(),
+        }
+    };
     conn.execute_batch("BEGIN IMMEDIATE").map_err(failed)?;
-    let tx = SyncTx { conn };
-    let kept = batch.iter_mut().all(|job| job.run(&tx) == Verdict::Keep);
+    let kept = batch.iter_mut().all(|job| job.run(conn) == Verdict::Keep);
     let ended = if kept {
         conn.execute_batch("COMMIT")
     } else {
@@ -260,7 +358,7 @@ fn run_batch(
     };
     match ended {
         Ok(()) if kept => Ok(()),
-        Ok(()) => Err(BatchError::Retry),
+        Ok(()) => Err(BatchError::RolledBack),
         Err(error) => {
             // A failed `COMMIT` leaves the transaction open (SQLite may have rolled it back
             // already): end it, so the next batch begins afresh.

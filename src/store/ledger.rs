@@ -6,7 +6,7 @@ use sqlx::{Any, AnyConnection, Row};
 
 use super::audit::AuditHead;
 use super::group::{Param, SyncTx, opt_blob, opt_int};
-use super::{Db, Engine, StoreError, WriteTx};
+use super::{Db, Engine, StoreError, Tx, WriteTx};
 
 pub const CASH_ACCOUNT_ID: i64 = 1;
 
@@ -91,12 +91,8 @@ pub async fn insert_account(
 }
 
 /// Locks an account row for the rest of the transaction (PostgreSQL `FOR UPDATE`).
-pub async fn lock_account(
-    db: &Db,
-    tx: &mut WriteTx,
-    id: i64,
-) -> Result<Option<AccountRow>, StoreError> {
-    let sql = db.for_update(
+pub async fn lock_account(tx: &mut WriteTx, id: i64) -> Result<Option<AccountRow>, StoreError> {
+    let sql = tx.for_update(
         "SELECT id, user_id, kind, balance_enc, seq, head_mac FROM accounts WHERE id = $1 FOR UPDATE",
         "SELECT id, user_id, kind, balance_enc, seq, head_mac FROM accounts WHERE id = $1",
     );
@@ -135,14 +131,17 @@ struct LockSql {
 /// are one statement after the lock, because a statement reads with the snapshot it started
 /// with, which may predate the winner's commit.
 async fn lock_pair(
-    db: &Db,
-    tx: &mut WriteTx,
+    tx: &mut Tx<'_>,
     sql: &LockSql,
     a: i64,
     b: i64,
     key: Option<CustomerKey<'_>>,
 ) -> Result<Locked, StoreError> {
-    if db.engine() == Engine::Sqlite
+    let tx = match tx {
+        Tx::Batch(batch) => return lock_pair_batch(batch, sql, a, b, key),
+        Tx::Sqlx(tx) => tx,
+    };
+    if tx.engine() == Engine::Sqlite
         && let Some(key) = &key
     {
         let rows: Vec<KeyedTuple> = sqlx::query_as(sql.sqlite_keyed)
@@ -155,7 +154,7 @@ async fn lock_pair(
             .await?;
         return Ok(keyed_locked(rows, key));
     }
-    let rows: Vec<AccountTuple> = sqlx::query_as(db.for_update(sql.postgres, sql.sqlite))
+    let rows: Vec<AccountTuple> = sqlx::query_as(tx.for_update(sql.postgres, sql.sqlite))
         .bind(a)
         .bind(b)
         .fetch_all(tx.conn())
@@ -205,14 +204,32 @@ fn keyed_locked(rows: Vec<KeyedTuple>, key: &CustomerKey<'_>) -> Locked {
     }
 }
 
-/// [`lock_pair`] with a key, on SQLite's group-commit writer (whose batch holds the write lock).
-fn lock_pair_sync(
+/// [`lock_pair`] on SQLite's group-commit writer (whose batch holds the write lock).
+fn lock_pair_batch(
     tx: &SyncTx<'_>,
     sql: &LockSql,
     a: i64,
     b: i64,
-    key: CustomerKey<'_>,
+    key: Option<CustomerKey<'_>>,
 ) -> Result<Locked, StoreError> {
+    let Some(key) = key else {
+        let params = [Param::Integer(a), Param::Integer(b)];
+        let accounts = tx.query(sql.sqlite, &params, |row| {
+            Ok(account((
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+                row.get(5)?,
+            )))
+        })?;
+        return Ok(Locked {
+            accounts,
+            replayed: None,
+            audit_head: None,
+        });
+    };
     let params = [
         Param::Integer(a),
         Param::Integer(b),
@@ -300,47 +317,25 @@ macro_rules! lock_sql {
 
 /// Locks the accounts of `user_a` and `user_b` (see [`lock_pair`]).
 pub async fn lock_accounts_of_users(
-    db: &Db,
-    tx: &mut WriteTx,
+    tx: &mut Tx<'_>,
     user_a: i64,
     user_b: i64,
     key: Option<CustomerKey<'_>>,
 ) -> Result<Locked, StoreError> {
-    lock_pair(db, tx, &LOCK_USERS, user_a, user_b, key).await
+    lock_pair(tx, &LOCK_USERS, user_a, user_b, key).await
 }
 
 const LOCK_USERS: LockSql = lock_sql!("user_id IN ($1, $2)");
 const LOCK_ACCOUNT_AND_USER: LockSql = lock_sql!("id = $1 OR user_id = $2");
 
-/// [`lock_accounts_of_users`] with a key, on SQLite's group-commit writer.
-pub fn lock_accounts_of_users_sync(
-    tx: &SyncTx<'_>,
-    user_a: i64,
-    user_b: i64,
-    key: CustomerKey<'_>,
-) -> Result<Locked, StoreError> {
-    lock_pair_sync(tx, &LOCK_USERS, user_a, user_b, key)
-}
-
-/// [`lock_account_and_user`] with a key, on SQLite's group-commit writer.
-pub fn lock_account_and_user_sync(
-    tx: &SyncTx<'_>,
-    id: i64,
-    user_id: i64,
-    key: CustomerKey<'_>,
-) -> Result<Locked, StoreError> {
-    lock_pair_sync(tx, &LOCK_ACCOUNT_AND_USER, id, user_id, key)
-}
-
 /// Locks account `id` and the account of `user_id` (see [`lock_pair`]).
 pub async fn lock_account_and_user(
-    db: &Db,
-    tx: &mut WriteTx,
+    tx: &mut Tx<'_>,
     id: i64,
     user_id: i64,
     key: Option<CustomerKey<'_>>,
 ) -> Result<Locked, StoreError> {
-    lock_pair(db, tx, &LOCK_ACCOUNT_AND_USER, id, user_id, key).await
+    lock_pair(tx, &LOCK_ACCOUNT_AND_USER, id, user_id, key).await
 }
 
 pub async fn account_id_of_user(
@@ -536,13 +531,26 @@ const WRITE_ENTRY_KEYED_SQLITE: &str = concat!(
 /// checked at its end), on SQLite the statements of one call. Either way an account whose head
 /// moved while locked is an error and the transaction must roll back.
 pub async fn write_entry(
+    tx: &mut Tx<'_>,
+    entry: &EntryRow,
+    postings: &[PostingRow; 2],
+    heads: [AccountHead<'_>; 2],
+    key: Option<CustomerKey<'_>>,
+) -> Result<(), StoreError> {
+    match tx {
+        Tx::Sqlx(tx) => write_entry_sqlx(tx, entry, postings, heads, key).await,
+        Tx::Batch(tx) => write_entry_batch(tx, entry, postings, heads, key),
+    }
+}
+
+async fn write_entry_sqlx(
     tx: &mut WriteTx,
     entry: &EntryRow,
     postings: &[PostingRow; 2],
     heads: [AccountHead<'_>; 2],
     key: Option<CustomerKey<'_>>,
 ) -> Result<(), StoreError> {
-    let postgres = tx.conn().backend_name() == "PostgreSQL";
+    let postgres = tx.engine() == Engine::Postgres;
     let sql = match (postgres, key.is_some()) {
         (true, false) => WRITE_ENTRY_POSTGRES,
         (true, true) => WRITE_ENTRY_KEYED_POSTGRES,
@@ -584,7 +592,7 @@ pub async fn write_entry(
 }
 
 /// [`write_entry`] on SQLite's group-commit writer: the same statements, run one by one.
-pub fn write_entry_sync(
+fn write_entry_batch(
     tx: &SyncTx<'_>,
     entry: &EntryRow,
     postings: &[PostingRow; 2],

@@ -46,6 +46,9 @@ pub enum StoreError {
     /// An error of SQLite's group-commit writer, which runs its statements itself (see `group`).
     #[error("database error: {0}")]
     Sqlite(#[source] rusqlite::Error),
+    /// A group-commit batch could not begin or commit (its cause, shared by every job of it).
+    #[error("database error: {0}")]
+    Batch(String),
     #[error("a row with the same {0} already exists")]
     Conflict(&'static str),
     #[error("the database is busy; try again")]
@@ -101,10 +104,10 @@ impl StoreError {
         }
     }
 
-    /// Whether an error's text (as the web layer receives it, through wrappers that show their
-    /// cause as it is) says the database was busy: [`StoreError::Busy`] — 503, not 500.
-    pub fn is_busy_text(text: &str) -> bool {
-        text.ends_with(&StoreError::Busy.to_string())
+    /// Whether the database was only busy (a saturated pool, a held write gate): 503, try again,
+    /// rather than a fault.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, StoreError::Busy)
     }
 }
 
@@ -165,6 +168,23 @@ impl Drop for HeldTx {
 }
 
 impl WriteTx {
+    /// The engine this transaction runs on, known by how it was begun.
+    pub fn engine(&self) -> Engine {
+        match &self.inner {
+            TxInner::Pooled(_) => Engine::Postgres,
+            TxInner::Held(_) => Engine::Sqlite,
+        }
+    }
+
+    /// A statement's row-locking form: PostgreSQL locks the selected rows, SQLite already holds
+    /// the write lock.
+    pub(crate) fn for_update(&self, postgres: &'static str, sqlite: &'static str) -> &'static str {
+        match self.engine() {
+            Engine::Postgres => postgres,
+            Engine::Sqlite => sqlite,
+        }
+    }
+
     pub fn conn(&mut self) -> &mut AnyConnection {
         match &mut self.inner {
             TxInner::Pooled(tx) => tx,
@@ -181,6 +201,35 @@ impl WriteTx {
         }
         Ok(())
     }
+}
+
+/// A write transaction as the statements of a money movement see it: sqlx's (PostgreSQL, and
+/// SQLite's other writers) or a batch of SQLite's group-commit writer. This is the one seam
+/// between the engines: every store function a movement calls takes it and chooses the engine's
+/// statements itself, so nothing above `store` is written twice.
+pub enum Tx<'t> {
+    Sqlx(&'t mut WriteTx),
+    Batch(group::SyncTx<'t>),
+}
+
+impl<'t> From<&'t mut WriteTx> for Tx<'t> {
+    fn from(tx: &'t mut WriteTx) -> Self {
+        Tx::Sqlx(tx)
+    }
+}
+
+/// Whether a unit of write work may be committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Keep,
+    Abort,
+}
+
+/// Write work that runs in one transaction on either engine ([`Db::run_write`]): it keeps what
+/// it decided in itself and says whether its writes may be committed. An operating error is
+/// `Abort`.
+pub trait TxWork: Send + 'static {
+    fn run(&mut self, tx: &mut Tx<'_>) -> impl std::future::Future<Output = Verdict> + Send;
 }
 
 const MIGRATIONS_SQLITE: &[(i64, &str)] = &[
@@ -264,6 +313,23 @@ impl Db {
         &self.pool
     }
 
+    /// Runs `work` in a write transaction and commits it when the work says `Keep`: on SQLite in
+    /// a batch of the group-commit writer (a batch rolled back because of another job runs the
+    /// work again in a batch of its own), on PostgreSQL in a transaction of its own. Returns the
+    /// work, holding what it decided; `Err` when the transaction itself could not begin or
+    /// commit (nothing of it was kept).
+    pub async fn run_write<W: TxWork>(&self, mut work: W) -> Result<W, StoreError> {
+        if let Some(group) = &self.group {
+            return group.run(work).await;
+        }
+        let mut tx = self.begin_write().await?;
+        let verdict = work.run(&mut Tx::Sqlx(&mut tx)).await;
+        if verdict == Verdict::Keep {
+            tx.commit().await?;
+        }
+        Ok(work)
+    }
+
     /// Starts a write transaction (see the module doc for the locking scheme).
     pub async fn begin_write(&self) -> Result<WriteTx, StoreError> {
         let inner = match &self.writer {
@@ -329,14 +395,6 @@ impl Db {
             }
         }
         self.pool.close().await;
-    }
-
-    /// The row-lock suffix: PostgreSQL locks the selected rows, SQLite already holds the write lock.
-    pub(crate) fn for_update(&self, postgres: &'static str, sqlite: &'static str) -> &'static str {
-        match self.engine {
-            Engine::Postgres => postgres,
-            Engine::Sqlite => sqlite,
-        }
     }
 }
 

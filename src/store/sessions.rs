@@ -2,9 +2,9 @@
 
 use sqlx::Row;
 
-use super::group::{BatchError, Batched, Param, SyncTx, Verdict};
+use super::group::Param;
 use super::ledger::AccountRow;
-use super::{Db, StoreError, WriteTx};
+use super::{Db, StoreError, Tx, TxWork, Verdict, WriteTx};
 
 #[derive(Debug, Clone)]
 pub struct SessionRow {
@@ -143,60 +143,53 @@ pub async fn find(db: &Db, id_hash: &str) -> Result<Option<Found>, StoreError> {
 /// Records that the session was used at `now`. On SQLite it joins the group commit (a touch is
 /// a write of its own for every session that comes back after the touch interval: under load,
 /// standalone touches each waited for the write gate and paid their own `fsync`, and the batch
-/// writer waited behind them). When the batch is rolled back or the queue is full, it runs on its
-/// own.
+/// writer waited behind them).
 pub async fn touch(db: &Db, id_hash: &str, now: i64) -> Result<(), StoreError> {
-    if let Some(group) = db.group_commit() {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        group.submit(Box::new(Touch {
-            id_hash: id_hash.to_string(),
-            now,
-            reply: Some(reply),
-        }));
-        if let Ok(Ok(())) = answer.await {
-            return Ok(());
-        }
-    }
-    let mut tx = db.begin_write().await?;
-    touch_in(&mut tx, id_hash, now).await?;
-    tx.commit().await
+    let touch = Touch {
+        id_hash: id_hash.to_string(),
+        now,
+        outcome: None,
+    };
+    db.run_write(touch)
+        .await?
+        .outcome
+        .unwrap_or_else(|| Err(StoreError::Corrupt("a session touch did not run".into())))
 }
 
 const TOUCH: &str = "UPDATE sessions SET last_seen_at = $1 WHERE id_hash = $2";
 
-async fn touch_in(tx: &mut WriteTx, id_hash: &str, now: i64) -> Result<(), StoreError> {
-    sqlx::query(TOUCH)
-        .bind(now)
-        .bind(id_hash)
-        .execute(tx.conn())
-        .await?;
-    Ok(())
-}
-
-/// A session touch queued for group commit.
+/// A session touch as a write of its own.
 struct Touch {
     id_hash: String,
     now: i64,
-    reply: Option<tokio::sync::oneshot::Sender<Result<(), BatchError>>>,
+    outcome: Option<Result<(), StoreError>>,
 }
 
-impl Batched for Touch {
-    fn run(&mut self, tx: &SyncTx<'_>) -> Verdict {
-        let params = [
-            Param::Integer(self.now),
-            Param::Text(self.id_hash.as_bytes()),
-        ];
-        match tx.execute(&[TOUCH], &params) {
-            Ok(_) => Verdict::Keep,
-            Err(_) => Verdict::Abort,
-        }
-    }
-
-    fn finish(self: Box<Self>, outcome: Result<(), BatchError>) {
-        if let Some(reply) = self.reply {
-            // The request may have gone away meanwhile.
-            let _ = reply.send(outcome);
-        }
+impl TxWork for Touch {
+    async fn run(&mut self, tx: &mut Tx<'_>) -> Verdict {
+        let outcome = match tx {
+            Tx::Sqlx(tx) => sqlx::query(TOUCH)
+                .bind(self.now)
+                .bind(&self.id_hash)
+                .execute(tx.conn())
+                .await
+                .map(|_| ())
+                .map_err(StoreError::from),
+            Tx::Batch(tx) => {
+                let params = [
+                    Param::Integer(self.now),
+                    Param::Text(self.id_hash.as_bytes()),
+                ];
+                tx.execute(&[TOUCH], &params).map(|_| ())
+            }
+        };
+        let verdict = if outcome.is_ok() {
+            Verdict::Keep
+        } else {
+            Verdict::Abort
+        };
+        self.outcome = Some(outcome);
+        verdict
     }
 }
 

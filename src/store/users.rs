@@ -1,7 +1,7 @@
 //! SQL for customers (`users`).
 
-use super::group::{Param, SyncTx};
-use super::{Db, StoreError, WriteTx};
+use super::group::Param;
+use super::{Db, StoreError, Tx, WriteTx};
 
 pub struct NewUser<'a> {
     pub id: i64,
@@ -169,7 +169,7 @@ pub async fn set_totp_secret(db: &Db, user_id: i64, secret_enc: &[u8]) -> Result
 /// (atomic: of two concurrent requests with the same code, one wins).
 pub async fn spend_totp_step(db: &Db, user_id: i64, step: i64) -> Result<bool, StoreError> {
     let mut tx = db.begin_write().await?;
-    let spent = spend_totp_step_in(&mut tx, user_id, step).await?;
+    let spent = spend_totp_step_in(&mut Tx::Sqlx(&mut tx), user_id, step).await?;
     tx.commit().await?;
     Ok(spent)
 }
@@ -177,27 +177,27 @@ pub async fn spend_totp_step(db: &Db, user_id: i64, step: i64) -> Result<bool, S
 /// Records `step` as the customer's last accepted one-time-code step if it is newer than the
 /// last; `false` when it is not (a replay, or a concurrent request with the same code won).
 pub async fn spend_totp_step_in(
-    tx: &mut WriteTx,
+    tx: &mut Tx<'_>,
     user_id: i64,
     step: i64,
 ) -> Result<bool, StoreError> {
-    let updated = sqlx::query(SPEND_TOTP_STEP)
-        .bind(step)
-        .bind(user_id)
-        .execute(tx.conn())
-        .await?
-        .rows_affected();
+    let updated = match tx {
+        Tx::Sqlx(tx) => sqlx::query(SPEND_TOTP_STEP)
+            .bind(step)
+            .bind(user_id)
+            .execute(tx.conn())
+            .await?
+            .rows_affected(),
+        Tx::Batch(tx) => {
+            let params = [Param::Integer(step), Param::Integer(user_id)];
+            tx.execute(&[SPEND_TOTP_STEP], &params)? as u64
+        }
+    };
     Ok(updated == 1)
 }
 
 const SPEND_TOTP_STEP: &str =
     "UPDATE users SET totp_last_step = $1 WHERE id = $2 AND totp_last_step < $1";
-
-/// [`spend_totp_step_in`] on SQLite's group-commit writer.
-pub fn spend_totp_step_sync(tx: &SyncTx<'_>, user_id: i64, step: i64) -> Result<bool, StoreError> {
-    let params = [Param::Integer(step), Param::Integer(user_id)];
-    Ok(tx.execute(&[SPEND_TOTP_STEP], &params)? == 1)
-}
 
 pub async fn confirm_totp(tx: &mut WriteTx, user_id: i64) -> Result<(), StoreError> {
     sqlx::query("UPDATE users SET totp_confirmed = 1 WHERE id = $1")

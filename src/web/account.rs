@@ -7,9 +7,10 @@ use axum::response::Response;
 
 use super::captcha_gate;
 use super::context::cookie;
+use super::error::{Error, Result};
 use super::extract::{PendingUser, SessionUser, Visitor, see_other, with_cookie};
 use super::form::{CsrfForm, VISITOR_CSRF_COOKIE};
-use super::view::{Chrome, Errors, internal, render};
+use super::view::{Chrome, Errors, render};
 use crate::auth::session::{NewSession, clear_cookie_header, cookie_header};
 use crate::auth::{self, AuthError, LoginAttempt};
 use crate::captcha::CaptchaFields;
@@ -100,12 +101,61 @@ pub async fn signup_form(
     )
 }
 
-pub async fn signup(
-    State(services): State<Services>,
-    visitor: Visitor,
-    form: CsrfForm,
-) -> Response {
+pub async fn signup(State(services): State<Services>, visitor: Visitor, form: CsrfForm) -> Result {
     let context = visitor.context;
+    let again = |status: StatusCode, errors: Errors| {
+        let page = SignupPage {
+            chrome: Chrome::visitor(),
+            csrf_token: form.get("csrf_token").to_string(),
+            username: form.get("username").chars().take(64).collect(),
+            email: form.get("email").chars().take(254).collect(),
+            errors,
+            captcha: captcha_gate::fields(&services),
+        };
+        Ok(render(status, &page, &context.request_id))
+    };
+    let (username, email, password) = match signup_fields(&form) {
+        Ok(fields) => fields,
+        Err(errors) => return again(StatusCode::UNPROCESSABLE_ENTITY, errors),
+    };
+    let busy = || Errors::one("form", auth::password::HashError::Busy.to_string());
+    if services.hasher.is_saturated() {
+        // Refused before any database work: a flood costs the database nothing.
+        return again(StatusCode::SERVICE_UNAVAILABLE, busy());
+    }
+    if let Err(message) = captcha_gate::verify(&services, &form, &context, "signup").await {
+        return again(StatusCode::BAD_REQUEST, Errors::one("form", message));
+    }
+    let hash = match services.hasher.hash(&password).await {
+        Ok(hash) => hash,
+        Err(auth::password::HashError::Busy) => {
+            return again(StatusCode::SERVICE_UNAVAILABLE, busy());
+        }
+        Err(error) => return Err(Error::internal(error)),
+    };
+    let audit = context.audit();
+    let user_id = match crate::customers::create(&services, &audit, &username, &email, &hash).await
+    {
+        Ok(id) => id,
+        Err(CreateCustomerError::UsernameTaken) => {
+            let taken = "This username is taken. Choose another.";
+            return again(StatusCode::CONFLICT, Errors::one("username", taken));
+        }
+        Err(CreateCustomerError::EmailTaken) => {
+            let taken = "An account with this email already exists. Log in instead.";
+            return again(StatusCode::CONFLICT, Errors::one("email", taken));
+        }
+        Err(error) => return Err(Error::internal(error)),
+    };
+    let stage = auth::session::Stage::PendingTwoFactor;
+    let ctx = audit.with_user(user_id);
+    let agent = context.user_agent.as_deref();
+    let new = auth::session::create(&services, user_id, stage, &ctx, agent).await?;
+    Ok(signed_in("/2fa/setup", &new))
+}
+
+/// The sign-up form's fields, parsed, or every field's message.
+fn signup_fields(form: &CsrfForm) -> std::result::Result<(Username, Email, Password), Errors> {
     let mut errors = Errors::default();
     let username = Username::parse(form.get("username"))
         .map_err(|e| errors.add("username", e.to_string()))
@@ -126,76 +176,13 @@ pub async fn signup(
     if form.get("password") != form.get("password_confirm") {
         errors.add("password_confirm", "The two passwords are not the same.");
     }
-    let again = |status: StatusCode, errors: Errors| {
-        let page = SignupPage {
-            chrome: Chrome::visitor(),
-            csrf_token: form.get("csrf_token").to_string(),
-            username: form.get("username").chars().take(64).collect(),
-            email: form.get("email").chars().take(254).collect(),
-            errors,
-            captcha: captcha_gate::fields(&services),
-        };
-        render(status, &page, &context.request_id)
-    };
-    let (Some(username), Some(email), Some(password), true) =
-        (username, email, password, errors.is_empty())
-    else {
-        return again(StatusCode::UNPROCESSABLE_ENTITY, errors);
-    };
-    if services.hasher.is_saturated() {
-        // Refused before any database work: a flood costs the database nothing.
-        let busy = auth::password::HashError::Busy.to_string();
-        return again(StatusCode::SERVICE_UNAVAILABLE, Errors::one("form", busy));
-    }
-    if let Err(message) = captcha_gate::verify(&services, &form, &context, "signup").await {
-        return again(StatusCode::BAD_REQUEST, Errors::one("form", message));
-    }
-    let hash = match services.hasher.hash(&password).await {
-        Ok(hash) => hash,
-        Err(auth::password::HashError::Busy) => {
-            return again(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Errors::one("form", "The bank is busy. Please try again in a moment."),
-            );
-        }
-        Err(error) => return internal(&context.request_id, error),
-    };
-    let audit = context.audit();
-    let user_id = match crate::customers::create(&services, &audit, &username, &email, &hash).await
-    {
-        Ok(id) => id,
-        Err(CreateCustomerError::UsernameTaken) => {
-            return again(
-                StatusCode::CONFLICT,
-                Errors::one("username", "This username is taken. Choose another."),
-            );
-        }
-        Err(CreateCustomerError::EmailTaken) => {
-            return again(
-                StatusCode::CONFLICT,
-                Errors::one(
-                    "email",
-                    "An account with this email already exists. Log in instead.",
-                ),
-            );
-        }
-        Err(error) => return internal(&context.request_id, error),
-    };
-    match auth::session::create(
-        &services,
-        user_id,
-        auth::session::Stage::PendingTwoFactor,
-        &audit.with_user(user_id),
-        context.user_agent.as_deref(),
-    )
-    .await
-    {
-        Ok(new) => signed_in("/2fa/setup", &new),
-        Err(error) => internal(&context.request_id, error),
+    match (username, email, password, errors.is_empty()) {
+        (Some(username), Some(email), Some(password), true) => Ok((username, email, password)),
+        _ => Err(errors),
     }
 }
 
-pub async fn setup_form(State(services): State<Services>, user: PendingUser) -> Response {
+pub async fn setup_form(State(services): State<Services>, user: PendingUser) -> Result {
     setup_page(&services, &user, StatusCode::OK, Errors::default()).await
 }
 
@@ -204,12 +191,9 @@ async fn setup_page(
     user: &PendingUser,
     status: StatusCode,
     errors: Errors,
-) -> Response {
+) -> Result {
     let request_id = &user.context.request_id;
-    let secret = match auth::totp_secret(services, user.session.user_id).await {
-        Ok(secret) => secret,
-        Err(error) => return internal(request_id, error),
-    };
+    let secret = auth::totp_secret(services, user.session.user_id).await?;
     let chrome = Chrome::for_session(services, &user.session, false).await;
     let username = chrome.username.clone().unwrap_or_default();
     let qr = auth::totp::qr_svg_data_uri(&secret.otpauth_uri(&username)).unwrap_or_default();
@@ -219,14 +203,10 @@ async fn setup_page(
         qr,
         errors,
     };
-    render(status, &page, request_id)
+    Ok(render(status, &page, request_id))
 }
 
-pub async fn setup(
-    State(services): State<Services>,
-    user: PendingUser,
-    form: CsrfForm,
-) -> Response {
+pub async fn setup(State(services): State<Services>, user: PendingUser, form: CsrfForm) -> Result {
     let audit = user.context.audit();
     match auth::confirm_enrollment(
         &services,
@@ -237,7 +217,7 @@ pub async fn setup(
     )
     .await
     {
-        Ok(Some(new)) => signed_in("/2fa/recovery", &new),
+        Ok(Some(new)) => Ok(signed_in("/2fa/recovery", &new)),
         Ok(None) => {
             let errors = Errors::one(
                 "otp",
@@ -245,26 +225,20 @@ pub async fn setup(
             );
             setup_page(&services, &user, StatusCode::UNPROCESSABLE_ENTITY, errors).await
         }
-        Err(error) => internal(&user.context.request_id, error),
+        Err(error) => Err(error.into()),
     }
 }
 
 pub async fn recovery(
     State(services): State<Services>,
     user: super::extract::CurrentUser,
-) -> Response {
-    match auth::take_recovery_codes(&services, &user.session).await {
-        Ok(Some(codes)) => {
-            let chrome = Chrome::for_session(&services, &user.session, true).await;
-            render(
-                StatusCode::OK,
-                &RecoveryPage { chrome, codes },
-                &user.context.request_id,
-            )
-        }
-        Ok(None) => see_other("/"),
-        Err(error) => internal(&user.context.request_id, error),
-    }
+) -> Result {
+    let Some(codes) = auth::take_recovery_codes(&services, &user.session).await? else {
+        return Ok(see_other("/"));
+    };
+    let chrome = Chrome::for_session(&services, &user.session, true).await;
+    let page = RecoveryPage { chrome, codes };
+    Ok(render(StatusCode::OK, &page, &user.context.request_id))
 }
 
 pub async fn login_form(
@@ -286,7 +260,7 @@ pub async fn login_form(
     )
 }
 
-pub async fn login(State(services): State<Services>, visitor: Visitor, form: CsrfForm) -> Response {
+pub async fn login(State(services): State<Services>, visitor: Visitor, form: CsrfForm) -> Result {
     let context = visitor.context;
     let attempt = LoginAttempt {
         email: form.get("email"),
@@ -301,7 +275,7 @@ pub async fn login(State(services): State<Services>, visitor: Visitor, form: Csr
             errors: Errors::one("form", message),
             captcha: captcha_gate::fields(&services),
         };
-        render(status, &page, &context.request_id)
+        Ok(render(status, &page, &context.request_id))
     };
     if services.hasher.is_saturated() {
         // Every hashing thread busy and the queue full: refused before any database work, so
@@ -319,13 +293,13 @@ pub async fn login(State(services): State<Services>, visitor: Visitor, form: Csr
     )
     .await
     {
-        Ok(new) => signed_in("/", &new),
+        Ok(new) => Ok(signed_in("/", &new)),
         Err(error @ AuthError::LoginFailed) => again(StatusCode::UNAUTHORIZED, error.to_string()),
         Err(error @ AuthError::Throttled) => {
             again(StatusCode::TOO_MANY_REQUESTS, error.to_string())
         }
         Err(error @ AuthError::Busy) => again(StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
-        Err(error) => internal(&context.request_id, error),
+        Err(error) => Err(error.into()),
     }
 }
 
@@ -333,9 +307,7 @@ pub async fn logout(
     State(services): State<Services>,
     user: SessionUser,
     _form: CsrfForm,
-) -> Response {
-    if let Err(error) = auth::logout(&services, &user.context.audit(), &user.session).await {
-        return internal(&user.context.request_id, error);
-    }
-    with_cookie(see_other("/"), &clear_cookie_header())
+) -> Result {
+    auth::logout(&services, &user.context.audit(), &user.session).await?;
+    Ok(with_cookie(see_other("/"), &clear_cookie_header()))
 }

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use crate::audit::AuditContext;
 use crate::auth::session::{self, EndReason, Lookup, SESSION_COOKIE, Session};
@@ -189,7 +189,7 @@ async fn handle(
     match futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(next.run(request)))
         .await
     {
-        Ok(response) => response.into_response(),
+        Ok(response) => super::error::rendered_with_id(response, &request_id),
         Err(_) => {
             tracing::error!("handler panicked");
             super::error::render_error(

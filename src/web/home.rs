@@ -6,11 +6,11 @@ use std::sync::Arc;
 use askama::Template;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
 
 use super::context::{SessionState, cookie};
+use super::error::Result;
 use super::extract::{Context, NOTICE_COOKIE, see_other, with_cookie};
-use super::view::{Chrome, internal, render};
+use super::view::{Chrome, render};
 use crate::auth::session::{EndReason, Stage, clear_cookie_header};
 use crate::ledger::MovementView;
 use crate::limits::HOME_RECENT_ROWS;
@@ -146,9 +146,9 @@ pub async fn index(
     State(services): State<Services>,
     Context(context): Context,
     headers: HeaderMap,
-) -> Response {
+) -> Result {
     let idle = services.config.session_idle_secs;
-    match &context.session {
+    let response = match &context.session {
         SessionState::Live(session) if session.stage == Stage::PendingTwoFactor => {
             see_other("/2fa/setup")
         }
@@ -161,13 +161,11 @@ pub async fn index(
                 1,
                 HOME_RECENT_ROWS,
             );
-            let (balance, rows) = match history.await {
-                Ok(page) => (
-                    page.balance,
-                    page.rows.iter().map(|m| row_html(m)).collect(),
-                ),
-                Err(error) => return internal(&context.request_id, error),
-            };
+            let page = history.await?;
+            let (balance, rows) = (
+                page.balance,
+                page.rows.iter().map(|m| row_html(m)).collect(),
+            );
             let chrome = Chrome::for_session(&services, session, true).await;
             let page = HomePage {
                 chrome,
@@ -210,7 +208,8 @@ pub async fn index(
                 response
             }
         }
-    }
+    };
+    Ok(response)
 }
 
 #[cfg(test)]

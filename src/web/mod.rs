@@ -2,17 +2,21 @@
 //! type that renders itself. Nothing below this module knows about HTTP.
 
 mod account;
+mod atm;
 mod captcha_gate;
 pub mod context;
 mod error;
 pub mod extract;
 pub mod form;
 mod headers;
+mod history;
 mod home;
-mod money;
+mod money_form;
 mod pages;
 pub mod rate_limit;
+mod receipts;
 mod settings;
+mod transfer;
 mod view;
 
 use std::net::SocketAddr;
@@ -24,7 +28,7 @@ use axum::middleware;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 
-pub use error::AppError;
+pub use error::{Error, Result};
 
 use crate::startup::Services;
 
@@ -47,10 +51,10 @@ pub fn router(services: Services) -> Router {
             "/settings/sessions/revoke-others",
             axum::routing::post(settings::revoke_others),
         )
-        .route("/transfer", get(money::transfer_form).post(money::transfer))
-        .route("/atm", get(money::atm_form).post(money::atm))
-        .route("/receipts/{entry}", get(money::show_receipt))
-        .route("/transactions", get(money::history))
+        .route("/transfer", get(transfer::form).post(transfer::submit))
+        .route("/atm", get(atm::form).post(atm::submit))
+        .route("/receipts/{entry}", get(receipts::show))
+        .route("/transactions", get(history::show))
         .route("/healthz", get(healthz))
         .route("/static/{*file}", get(pages::static_file))
         .fallback(pages::not_found)

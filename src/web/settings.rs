@@ -4,11 +4,11 @@
 use askama::Template;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::Response;
 
+use super::error::Result;
 use super::extract::{CurrentUser, see_other};
 use super::form::CsrfForm;
-use super::view::{Chrome, Errors, flash, internal, render};
+use super::view::{Chrome, Errors, flash, render};
 use crate::auth::{self, AuthError, PasswordChange, PasswordChangeError};
 use crate::startup::Services;
 use crate::store::sessions as session_store;
@@ -82,43 +82,34 @@ async fn page(
     user: &CurrentUser,
     status: StatusCode,
     errors: Errors,
-) -> Response {
+) -> Result {
     let request_id = &user.context.request_id;
     let user_id = user.session.user_id;
-    let sessions = match session_store::list_for_user(&services.db, user_id).await {
-        Ok(rows) => rows
-            .into_iter()
-            .map(|s| SessionLine {
-                current: s.id_hash == user.session.id_hash,
-                created: short_time(s.created_at),
-                last_seen: short_time(s.last_seen_at),
-                ip: s.client_ip.unwrap_or_default(),
-                user_agent: s.user_agent.unwrap_or_default(),
-            })
-            .collect(),
-        Err(error) => return internal(request_id, error),
-    };
-    let events = match services
+    let sessions = session_store::list_for_user(&services.db, user_id)
+        .await?
+        .into_iter()
+        .map(|s| SessionLine {
+            current: s.id_hash == user.session.id_hash,
+            created: short_time(s.created_at),
+            last_seen: short_time(s.last_seen_at),
+            ip: s.client_ip.unwrap_or_default(),
+            user_agent: s.user_agent.unwrap_or_default(),
+        })
+        .collect();
+    let events = services
         .audit
         .recent_for_user(user_id, SETTINGS_EVENTS_MAX)
-        .await
-    {
-        Ok(lines) => lines
-            .into_iter()
-            .map(|l| EventLine {
-                what: describe(&l.event, &l.detail),
-                time: l.time.get(..19).unwrap_or_default().replace('T', " "),
-                ip: l.client_ip.unwrap_or_default(),
-            })
-            .collect(),
-        Err(error) => return internal(request_id, error),
-    };
-    let recovery_left = match session_store::recovery_codes_left(&services.db, user_id).await {
-        Ok(n) => n,
-        Err(error) => return internal(request_id, error),
-    };
+        .await?
+        .into_iter()
+        .map(|l| EventLine {
+            what: describe(&l.event, &l.detail),
+            time: l.time.get(..19).unwrap_or_default().replace('T', " "),
+            ip: l.client_ip.unwrap_or_default(),
+        })
+        .collect();
+    let recovery_left = session_store::recovery_codes_left(&services.db, user_id).await?;
     let chrome = Chrome::for_session(services, &user.session, true).await;
-    render(
+    Ok(render(
         status,
         &SettingsPage {
             chrome,
@@ -128,10 +119,10 @@ async fn page(
             errors,
         },
         request_id,
-    )
+    ))
 }
 
-pub async fn show(State(services): State<Services>, user: CurrentUser) -> Response {
+pub async fn show(State(services): State<Services>, user: CurrentUser) -> Result {
     page(&services, &user, StatusCode::OK, Errors::default()).await
 }
 
@@ -139,7 +130,7 @@ pub async fn change_password(
     State(services): State<Services>,
     user: CurrentUser,
     form: CsrfForm,
-) -> Response {
+) -> Result {
     let change = PasswordChange {
         current: form.get("current_password"),
         new: form.get("new_password"),
@@ -154,7 +145,7 @@ pub async fn change_password(
                 "Your password was changed. Every other session was logged out.",
             )
             .await;
-            see_other("/settings")
+            Ok(see_other("/settings"))
         }
         Err(PasswordChangeError::Field { field, message }) => {
             let status = match field {
@@ -172,7 +163,7 @@ pub async fn change_password(
             )
             .await
         }
-        Err(PasswordChangeError::Auth(error)) => internal(&user.context.request_id, error),
+        Err(PasswordChangeError::Auth(error)) => Err(error.into()),
     }
 }
 
@@ -180,17 +171,13 @@ pub async fn revoke_others(
     State(services): State<Services>,
     user: CurrentUser,
     _form: CsrfForm,
-) -> Response {
-    match auth::revoke_other_sessions(&services, &user.context.audit(), &user.session).await {
-        Ok(n) => {
-            let message = if n == 1 {
-                "1 other session was logged out.".to_string()
-            } else {
-                format!("{n} other sessions were logged out.")
-            };
-            flash(&services, &user.session, &message).await;
-            see_other("/settings")
-        }
-        Err(error) => internal(&user.context.request_id, error),
-    }
+) -> Result {
+    let n = auth::revoke_other_sessions(&services, &user.context.audit(), &user.session).await?;
+    let message = if n == 1 {
+        "1 other session was logged out.".to_string()
+    } else {
+        format!("{n} other sessions were logged out.")
+    };
+    flash(&services, &user.session, &message).await;
+    Ok(see_other("/settings"))
 }

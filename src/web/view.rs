@@ -90,11 +90,3 @@ pub async fn flash(services: &Services, session: &Session, message: &str) {
         tracing::error!(%error, "could not store flash message");
     }
 }
-
-pub fn internal(request_id: &str, cause: impl std::fmt::Display) -> Response {
-    super::AppError::Internal {
-        request_id: request_id.to_string(),
-        cause: cause.to_string(),
-    }
-    .into_response()
-}

@@ -867,17 +867,27 @@ async fn a_replayed_challenge_spends_no_code_step() {
             let hash = [n + if batched { 100 } else { 0 }; 32];
             async move {
                 if batched {
-                    return crate::helpers::in_batch(&services, move |tx| {
-                        let spent =
-                            captcha_store::spend_with_step_sync(tx, &hash, expires, user, step);
-                        (alphabank::store::group::Verdict::Keep, spent.unwrap())
-                    })
-                    .await;
+                    let work = StepWork {
+                        hash,
+                        expires,
+                        user,
+                        step,
+                        spent: None,
+                    };
+                    return crate::helpers::in_batch(&services, work)
+                        .await
+                        .map(|work| work.spent.unwrap());
                 }
                 let mut tx = services.db.begin_write().await.unwrap();
-                let result = captcha_store::spend_with_step_in(&mut tx, &hash, expires, user, step)
-                    .await
-                    .unwrap();
+                let result = captcha_store::spend_with_step_in(
+                    &mut alphabank::store::Tx::Sqlx(&mut tx),
+                    &hash,
+                    expires,
+                    user,
+                    step,
+                )
+                .await
+                .unwrap();
                 tx.commit().await.unwrap();
                 Some(result)
             }
@@ -902,5 +912,25 @@ async fn a_replayed_challenge_spends_no_code_step() {
         // The step the replay could not take is still there for a new challenge.
         assert_eq!(spend(3, 101).await, Some((SpendOutcome::Spent, true)));
         assert_eq!(last_step().await, 101);
+    }
+}
+
+/// A captcha mark and code step spent as a job of SQLite's group-commit writer.
+struct StepWork {
+    hash: [u8; 32],
+    expires: i64,
+    user: i64,
+    step: i64,
+    spent: Option<(alphabank::store::captcha::SpendOutcome, bool)>,
+}
+
+impl alphabank::store::TxWork for StepWork {
+    async fn run(&mut self, tx: &mut alphabank::store::Tx<'_>) -> alphabank::store::Verdict {
+        let spent =
+            captcha_store::spend_with_step_in(tx, &self.hash, self.expires, self.user, self.step)
+                .await
+                .unwrap();
+        self.spent = Some(spent);
+        alphabank::store::Verdict::Keep
     }
 }

@@ -8,7 +8,7 @@ use alphabank::audit::AuditContext;
 use alphabank::config::Config;
 use alphabank::domain::{CardName, DepositAmount, Email, IdempotencyKey, Username};
 use alphabank::startup::{Application, Services, ShutdownHandle, open_services};
-use alphabank::store::group::{BatchError, Batched, SyncTx, Verdict};
+use alphabank::store::TxWork;
 use sqlx::Connection;
 
 pub struct TestApp {
@@ -135,44 +135,11 @@ pub async fn test_services() -> (Services, tempfile::TempDir) {
     (services, dir)
 }
 
-/// Runs `work` as a job of SQLite's group-commit writer (in a batch of its own, committed unless
-/// it says `Abort`) and returns what it returned; `None` on PostgreSQL, which has no such writer.
-pub async fn in_batch<T: Send + 'static>(
-    services: &Services,
-    work: impl FnOnce(&SyncTx<'_>) -> (Verdict, T) + Send + 'static,
-) -> Option<T> {
-    type Reply<T> = tokio::sync::oneshot::Sender<(Option<T>, Result<(), BatchError>)>;
-    struct Job<F, T> {
-        work: Option<F>,
-        result: Option<T>,
-        reply: Option<Reply<T>>,
-    }
-    impl<F, T> Batched for Job<F, T>
-    where
-        F: FnOnce(&SyncTx<'_>) -> (Verdict, T) + Send + 'static,
-        T: Send + 'static,
-    {
-        fn run(&mut self, tx: &SyncTx<'_>) -> Verdict {
-            let (verdict, result) = (self.work.take().expect("a job runs once"))(tx);
-            self.result = Some(result);
-            verdict
-        }
-        fn finish(self: Box<Self>, outcome: Result<(), BatchError>) {
-            if let Some(reply) = self.reply {
-                let _ = reply.send((self.result, outcome));
-            }
-        }
-    }
-    let group = services.db.group_commit()?;
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    group.submit(Box::new(Job {
-        work: Some(work),
-        result: None,
-        reply: Some(reply),
-    }));
-    let (result, outcome) = answer.await.expect("the writer answers");
-    outcome.expect("the batch committed");
-    result
+/// Runs `work` as a job of SQLite's group-commit writer (committed unless it says `Abort`) and
+/// hands it back; `None` on PostgreSQL, which has no such writer.
+pub async fn in_batch<W: TxWork>(services: &Services, work: W) -> Option<W> {
+    services.db.group_commit()?;
+    Some(services.db.run_write(work).await.expect("the batch ran"))
 }
 
 pub fn ctx() -> AuditContext {
