@@ -55,7 +55,7 @@ pub async fn create(
             email_enc: &email_enc,
             email_bidx: &email_bidx,
             password_hash,
-            created_at: crate::now_millis(),
+            created_at_millis: crate::now_millis(),
         },
     )
     .await?;

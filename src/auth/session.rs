@@ -38,8 +38,8 @@ pub struct Session {
     pub user_id: i64,
     pub stage: Stage,
     pub csrf_token: String,
-    pub created_at: i64,
-    pub last_seen_at: i64,
+    pub created_at_millis: i64,
+    pub last_seen_at_millis: i64,
     pub flash: Option<String>,
     /// The customer's username (read with the session; usernames never change).
     pub username: String,
@@ -59,8 +59,8 @@ impl From<SessionRow> for Session {
             id_hash: row.id_hash,
             user_id: row.user_id,
             csrf_token: row.csrf_token,
-            created_at: row.created_at,
-            last_seen_at: row.last_seen_at,
+            created_at_millis: row.created_at_millis,
+            last_seen_at_millis: row.last_seen_at_millis,
             flash: row.flash,
             username: String::new(),
             account: None,
@@ -112,8 +112,8 @@ pub async fn create_in(
         user_id,
         stage: stage.as_str().to_string(),
         csrf_token: hex::encode(random_bytes::<32>()),
-        created_at: now,
-        last_seen_at: now,
+        created_at_millis: now,
+        last_seen_at_millis: now,
         client_ip: ctx.client_ip.map(|ip| ip.to_string()),
         user_agent: user_agent.map(|ua| ua.chars().take(USER_AGENT_CHARS_MAX).collect()),
         recovery_codes_enc: recovery_codes.map(|codes| {
@@ -166,9 +166,9 @@ pub async fn lookup(
         i64::try_from(services.config.session_idle_secs).unwrap_or(i64::MAX / 2_000) * 1_000;
     let absolute_millis =
         i64::try_from(services.config.session_absolute_secs).unwrap_or(i64::MAX / 2_000) * 1_000;
-    let ended = if now - row.created_at >= absolute_millis {
+    let ended = if now - row.created_at_millis >= absolute_millis {
         Some(EndReason::Absolute)
-    } else if now - row.last_seen_at >= idle_millis {
+    } else if now - row.last_seen_at_millis >= idle_millis {
         Some(EndReason::Idle)
     } else {
         None
@@ -190,7 +190,7 @@ pub async fn lookup(
         }
         return Ok(Lookup::Ended(reason));
     }
-    if now - row.last_seen_at >= (idle_millis / 10).min(SESSION_TOUCH_INTERVAL_MILLIS_MAX) {
+    if now - row.last_seen_at_millis >= (idle_millis / 10).min(SESSION_TOUCH_INTERVAL_MILLIS_MAX) {
         session_store::touch(&services.db, &id_hash, now).await?;
     }
     Ok(Lookup::Live(Session {

@@ -1,7 +1,5 @@
 //! Idempotency keys: issued with a money form, they make a resubmission return the first outcome.
 
-use std::fmt;
-
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct IdempotencyKey(String);
 
@@ -32,11 +30,7 @@ impl IdempotencyKey {
     }
 }
 
-impl fmt::Display for IdempotencyKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+display_as_str!(IdempotencyKey);
 
 #[cfg(test)]
 mod tests {

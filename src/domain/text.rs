@@ -3,8 +3,6 @@
 //! message and are a log/terminal injection vector); bidirectional text is allowed and isolated
 //! when shown (`<bdi>` in the templates).
 
-use std::fmt;
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TextError {
     #[error("This field is required.")]
@@ -58,17 +56,7 @@ impl CardName {
     }
 }
 
-impl fmt::Display for Message {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Display for CardName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+display_as_str!(Message, CardName);
 
 #[cfg(test)]
 mod tests {

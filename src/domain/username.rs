@@ -1,7 +1,5 @@
 //! Usernames are public identifiers: 3–32 characters of `A–Z a–z 0–9 _ . -`, unique ignoring case.
 
-use std::fmt;
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Username(String);
 
@@ -46,11 +44,7 @@ impl Username {
     }
 }
 
-impl fmt::Display for Username {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+display_as_str!(Username);
 
 #[cfg(test)]
 mod tests {

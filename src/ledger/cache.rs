@@ -103,8 +103,8 @@ mod tests {
         Arc::new(MovementView {
             entry_id: seq,
             seq,
-            created_at: 0,
-            kind: "deposit".into(),
+            created_at_millis: 0,
+            kind: crate::domain::EntryKind::Deposit,
             amount: Money::from_minor(seq),
             counterparty: None,
             message: None,

@@ -18,15 +18,15 @@ use std::sync::{Arc, OnceLock};
 
 use crate::audit::{AuditContext, AuditError, AuditEvent, AuditLog};
 use crate::crypto::{Aad, CryptoError, Keyring, random_row_id};
-use crate::domain::{Amount, CardName, DepositAmount, IdempotencyKey, Message, Money, Username};
+use crate::domain::{
+    AccountKind, Amount, CardName, DepositAmount, EntryKind, IdempotencyKey, Message, Money,
+    Username,
+};
 use crate::store::ledger::{
     self as ledger_store, AccountHead, AccountRow, CASH_ACCOUNT_ID, CustomerKey, EntryRow,
     HistoryRow, PostingRow,
 };
 use crate::store::{Db, StoreError, Tx, TxWork, Verdict, WriteTx, users as user_store};
-
-pub const KIND_DEPOSIT: &str = "deposit";
-pub const KIND_TRANSFER: &str = "transfer";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -83,8 +83,8 @@ impl Outcome {
 pub struct MovementView {
     pub entry_id: i64,
     pub seq: i64,
-    pub created_at: i64,
-    pub kind: String,
+    pub created_at_millis: i64,
+    pub kind: EntryKind,
     /// Signed: positive into the customer's account.
     pub amount: Money,
     pub counterparty: Option<String>,
@@ -130,11 +130,37 @@ fn card_name_aad(entry_id: i64) -> Aad {
 /// What a journal entry says, in the clear (input to its MAC).
 pub(crate) struct EntryContent<'a> {
     id: i64,
-    kind: &'a str,
+    kind: EntryKind,
     initiator_user_id: i64,
-    created_at: i64,
+    created_at_millis: i64,
     message: Option<&'a str>,
     card_name: Option<&'a str>,
+}
+
+impl<'a> EntryContent<'a> {
+    /// A new ATM deposit entry, made now by the customer, with a fresh id.
+    fn deposit(initiator_user_id: i64, card_name: &'a CardName) -> Self {
+        EntryContent {
+            id: random_row_id(),
+            kind: EntryKind::Deposit,
+            initiator_user_id,
+            created_at_millis: crate::now_millis(),
+            message: None,
+            card_name: Some(card_name.as_str()),
+        }
+    }
+
+    /// A new transfer entry, made now by the sender, with a fresh id.
+    fn transfer(initiator_user_id: i64, message: &'a Message) -> Self {
+        EntryContent {
+            id: random_row_id(),
+            kind: EntryKind::Transfer,
+            initiator_user_id,
+            created_at_millis: crate::now_millis(),
+            message: Some(message.as_str()),
+            card_name: None,
+        }
+    }
 }
 
 impl Ledger {
@@ -155,9 +181,9 @@ impl Ledger {
         self.keyring.mac(&[
             b"entry",
             &e.id.to_be_bytes(),
-            e.kind.as_bytes(),
+            e.kind.as_str().as_bytes(),
             &e.initiator_user_id.to_be_bytes(),
-            &e.created_at.to_be_bytes(),
+            &e.created_at_millis.to_be_bytes(),
             &optional(e.message),
             &optional(e.card_name),
         ])
@@ -181,17 +207,17 @@ impl Ledger {
             &p.entry_id.to_be_bytes(),
             &p.counterparty_account_id.unwrap_or(0).to_be_bytes(),
             &amount_minor.to_be_bytes(),
-            &p.created_at.to_be_bytes(),
+            &p.created_at_millis.to_be_bytes(),
             entry_mac,
             &p.prev_mac,
         ])
     }
 
-    fn new_account_row(&self, id: i64, user_id: Option<i64>, kind: &str) -> AccountRow {
+    fn new_account_row(&self, id: i64, user_id: Option<i64>, kind: AccountKind) -> AccountRow {
         AccountRow {
             id,
             user_id,
-            kind: kind.to_string(),
+            kind,
             balance_enc: self.keyring.seal_i64(&balance_aad(id), 0),
             seq: 0,
             head_mac: self.account_genesis_mac(id).to_vec(),
@@ -205,7 +231,7 @@ impl Ledger {
             .await?
             .is_none()
         {
-            let row = self.new_account_row(CASH_ACCOUNT_ID, None, "cash");
+            let row = self.new_account_row(CASH_ACCOUNT_ID, None, AccountKind::Cash);
             match ledger_store::insert_account(&mut tx, &row, crate::now_millis()).await {
                 Ok(()) => {}
                 // Another instance starting at the same moment created it first.
@@ -223,7 +249,7 @@ impl Ledger {
         tx: &mut WriteTx,
         user_id: i64,
     ) -> Result<i64, LedgerError> {
-        let row = self.new_account_row(random_row_id(), Some(user_id), "customer");
+        let row = self.new_account_row(random_row_id(), Some(user_id), AccountKind::Customer);
         ledger_store::insert_account(tx, &row, crate::now_millis()).await?;
         Ok(row.id)
     }
@@ -416,15 +442,8 @@ impl Ledger {
             return Ok(Planned::Replayed(entry_id));
         }
         let (cash, customer) = split_pair(locked.accounts, |a| a.id == CASH_ACCOUNT_ID)?;
-        let entry_id = random_row_id();
-        let content = EntryContent {
-            id: entry_id,
-            kind: KIND_DEPOSIT,
-            initiator_user_id: user_id,
-            created_at: crate::now_millis(),
-            message: None,
-            card_name: Some(card_name.as_str()),
-        };
+        let content = EntryContent::deposit(user_id, card_name);
+        let entry_id = content.id;
         let minor = amount.amount().minor();
         Ok(Planned::Write(Box::new(PlannedWrite {
             entry: self.compute_entry(&content, [(customer, minor), (cash, -minor)])?,
@@ -457,15 +476,8 @@ impl Ledger {
         if from_balance < amount.minor() {
             return Err(LedgerError::InsufficientFunds);
         }
-        let entry_id = random_row_id();
-        let content = EntryContent {
-            id: entry_id,
-            kind: KIND_TRANSFER,
-            initiator_user_id: user_id,
-            created_at: crate::now_millis(),
-            message: Some(message.as_str()),
-            card_name: None,
-        };
+        let content = EntryContent::transfer(user_id, message);
+        let entry_id = content.id;
         let minor = amount.minor();
         Ok(Planned::Write(Box::new(PlannedWrite {
             entry: self.compute_entry(&content, [(from, -minor), (receiver, minor)])?,
@@ -494,9 +506,9 @@ impl Ledger {
         let entry_mac = self.entry_mac(content);
         let entry = EntryRow {
             id: content.id,
-            kind: content.kind.to_string(),
+            kind: content.kind,
             initiator_user_id: content.initiator_user_id,
-            created_at: content.created_at,
+            created_at_millis: content.created_at_millis,
             message_enc: content
                 .message
                 .map(|m| self.keyring.seal_str(&message_aad(content.id), m)),
@@ -516,7 +528,7 @@ impl Ledger {
             let new_balance = old_balance.checked_add(amount).ok_or_else(|| {
                 StoreError::Corrupt(format!("account {} would overflow", account.id))
             })?;
-            if account.kind == "customer" && new_balance < 0 {
+            if account.kind == AccountKind::Customer && new_balance < 0 {
                 // The rules above make this unreachable; refuse rather than write a negative balance.
                 return Err(LedgerError::InsufficientFunds);
             }
@@ -527,7 +539,7 @@ impl Ledger {
                 entry_id: content.id,
                 counterparty_account_id: counterparty,
                 amount_enc: self.keyring.seal_i64(&amount_aad(account.id, seq), amount),
-                created_at: content.created_at,
+                created_at_millis: content.created_at_millis,
                 prev_mac: account.head_mac.clone(),
                 mac: Vec::new(),
             };
@@ -589,15 +601,8 @@ impl Ledger {
         let (mut cash, mut customer) = split_pair(locked.accounts, |a| a.id == CASH_ACCOUNT_ID)?;
         let ctx = ctx.with_user(user_id);
         for amount in amounts {
-            let entry_id = random_row_id();
-            let content = EntryContent {
-                id: entry_id,
-                kind: KIND_DEPOSIT,
-                initiator_user_id: user_id,
-                created_at: crate::now_millis(),
-                message: None,
-                card_name: Some(card_name.as_str()),
-            };
+            let content = EntryContent::deposit(user_id, card_name);
+            let entry_id = content.id;
             let minor = amount.amount().minor();
             let [c, k] = self
                 .write_entry(&mut tx, &content, [(customer, minor), (cash, -minor)])
@@ -735,7 +740,7 @@ impl Ledger {
         Ok(MovementView {
             entry_id: row.entry_id,
             seq: row.seq,
-            created_at: row.created_at,
+            created_at_millis: row.created_at_millis,
             kind: row.kind,
             amount: Money::from_minor(amount),
             counterparty: row.counterparty,

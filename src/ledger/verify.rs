@@ -76,9 +76,9 @@ pub async fn verify(
             };
             let mac = ledger.entry_mac(&EntryContent {
                 id: entry.id,
-                kind: &entry.kind,
+                kind: entry.kind,
                 initiator_user_id: entry.initiator_user_id,
-                created_at: entry.created_at,
+                created_at_millis: entry.created_at_millis,
                 message: message.as_deref(),
                 card_name: card_name.as_deref(),
             });
@@ -177,7 +177,7 @@ pub async fn verify(
                     "{at}: balance {balance} øre differs from the sum of its postings {sum} øre"
                 )));
             }
-            if account.kind == "customer" {
+            if account.kind == crate::domain::AccountKind::Customer {
                 if balance < 0 {
                     return Ok(Err(format!("{at}: negative balance {balance} øre")));
                 }

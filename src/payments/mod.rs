@@ -18,21 +18,9 @@ use crate::domain::{Amount, CardName, DepositAmount, IdempotencyKey, Message, Us
 use crate::ledger::{Ledger, LedgerError, Move};
 use crate::store::{Db, StoreError, Tx, TxWork, Verdict};
 
-/// Which kind of movement a form makes (named in its audit events).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Transfer,
-    Deposit,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Transfer => "transfer",
-            Kind::Deposit => "deposit",
-        }
-    }
-}
+/// Which kind of movement a form makes (named in its audit events): the kind of the journal
+/// entry it writes.
+pub use crate::domain::EntryKind as Kind;
 
 /// What a money form moves, once its fields parsed.
 #[derive(Debug, Clone)]

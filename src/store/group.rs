@@ -5,9 +5,9 @@
 //! request is answered only after the batch that holds its writes has committed.
 //!
 //! The batches run on a thread of their own, with a SQLite connection of its own (`rusqlite`), and
-//! each job runs its statements synchronously on that thread. Through sqlx every statement was a
-//! hand-off to the connection's thread and back, and the writer's time per movement (five such
-//! calls) was what bounded SQLite's transfers; here a whole batch costs no hand-off at all. While
+//! each job runs its statements synchronously on that thread. Through sqlx every statement is a
+//! hand-off to the connection's thread and back, and a movement makes five such calls; here a
+//! whole batch costs no hand-off at all. While
 //! a batch runs, the writer holds the same in-process write gate as sqlx's write connection
 //! ([`super::Db::begin_write`]), so the two never wait on SQLite's file lock for each other.
 //!

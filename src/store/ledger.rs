@@ -1,12 +1,13 @@
 //! SQL for accounts, journal entries, postings and idempotency outcomes.
 
-use sqlx::any::AnyArguments;
+use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::query::Query;
-use sqlx::{Any, AnyConnection, Row};
+use sqlx::{Any, AnyConnection, FromRow, Row};
 
 use super::audit::AuditHead;
 use super::group::{Param, SyncTx, opt_blob, opt_int};
 use super::{Db, Engine, StoreError, Tx, WriteTx};
+use crate::domain::{AccountKind, EntryKind, UnknownKind};
 
 pub const CASH_ACCOUNT_ID: i64 = 1;
 
@@ -14,34 +15,82 @@ pub const CASH_ACCOUNT_ID: i64 = 1;
 pub struct AccountRow {
     pub id: i64,
     pub user_id: Option<i64>,
-    pub kind: String,
+    pub kind: AccountKind,
     pub balance_enc: Vec<u8>,
     pub seq: i64,
     pub head_mac: Vec<u8>,
 }
 
-type AccountTuple = (i64, Option<i64>, String, Vec<u8>, i64, Vec<u8>);
-
-fn account(t: AccountTuple) -> AccountRow {
-    AccountRow {
-        id: t.0,
-        user_id: t.1,
-        kind: t.2,
-        balance_enc: t.3,
-        seq: t.4,
-        head_mac: t.5,
+impl FromRow<'_, AnyRow> for AccountRow {
+    fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(AccountRow {
+            id: r.try_get("id")?,
+            user_id: r.try_get("user_id")?,
+            kind: kind_column(r, "kind", AccountKind::parse)?,
+            balance_enc: r.try_get("balance_enc")?,
+            seq: r.try_get("seq")?,
+            head_mac: r.try_get("head_mac")?,
+        })
     }
+}
+
+impl AccountRow {
+    /// The same columns, read on SQLite's group-commit writer.
+    fn from_batch_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        let kind: String = r.get("kind")?;
+        Ok(AccountRow {
+            id: r.get("id")?,
+            user_id: r.get("user_id")?,
+            kind: AccountKind::parse(&kind).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    2,
+                    rusqlite::types::Type::Text,
+                    Box::new(e),
+                )
+            })?,
+            balance_enc: r.get("balance_enc")?,
+            seq: r.get("seq")?,
+            head_mac: r.get("head_mac")?,
+        })
+    }
+}
+
+/// Reads a `kind` column (named `column` in the statement) as the kind `parse` knows.
+pub(super) fn kind_column<K>(
+    r: &AnyRow,
+    column: &str,
+    parse: fn(&str) -> Result<K, UnknownKind>,
+) -> Result<K, sqlx::Error> {
+    let text: String = r.try_get(column)?;
+    parse(&text).map_err(|e| sqlx::Error::ColumnDecode {
+        index: column.to_string(),
+        source: Box::new(e),
+    })
 }
 
 #[derive(Debug, Clone)]
 pub struct EntryRow {
     pub id: i64,
-    pub kind: String,
+    pub kind: EntryKind,
     pub initiator_user_id: i64,
-    pub created_at: i64,
+    pub created_at_millis: i64,
     pub message_enc: Option<Vec<u8>>,
     pub card_name_enc: Option<Vec<u8>>,
     pub mac: Vec<u8>,
+}
+
+impl FromRow<'_, AnyRow> for EntryRow {
+    fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(EntryRow {
+            id: r.try_get("id")?,
+            kind: kind_column(r, "kind", EntryKind::parse)?,
+            initiator_user_id: r.try_get("initiator_user_id")?,
+            created_at_millis: r.try_get("created_at")?,
+            message_enc: r.try_get("message_enc")?,
+            card_name_enc: r.try_get("card_name_enc")?,
+            mac: r.try_get("mac")?,
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -51,9 +100,24 @@ pub struct PostingRow {
     pub entry_id: i64,
     pub counterparty_account_id: Option<i64>,
     pub amount_enc: Vec<u8>,
-    pub created_at: i64,
+    pub created_at_millis: i64,
     pub prev_mac: Vec<u8>,
     pub mac: Vec<u8>,
+}
+
+impl FromRow<'_, AnyRow> for PostingRow {
+    fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(PostingRow {
+            account_id: r.try_get("account_id")?,
+            seq: r.try_get("seq")?,
+            entry_id: r.try_get("entry_id")?,
+            counterparty_account_id: r.try_get("counterparty_account_id")?,
+            amount_enc: r.try_get("amount_enc")?,
+            created_at_millis: r.try_get("created_at")?,
+            prev_mac: r.try_get("prev_mac")?,
+            mac: r.try_get("mac")?,
+        })
+    }
 }
 
 /// One history row: a posting with its entry and the counterparty's username.
@@ -62,11 +126,27 @@ pub struct HistoryRow {
     pub seq: i64,
     pub entry_id: i64,
     pub amount_enc: Vec<u8>,
-    pub created_at: i64,
-    pub kind: String,
+    pub created_at_millis: i64,
+    pub kind: EntryKind,
     pub message_enc: Option<Vec<u8>>,
     pub card_name_enc: Option<Vec<u8>>,
     pub counterparty: Option<String>,
+}
+
+impl FromRow<'_, AnyRow> for HistoryRow {
+    /// Reads the columns of [`HISTORY_RANGE_SQL`].
+    fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(HistoryRow {
+            seq: r.try_get("seq")?,
+            entry_id: r.try_get("entry_id")?,
+            amount_enc: r.try_get("amount_enc")?,
+            created_at_millis: r.try_get("created_at")?,
+            kind: kind_column(r, "kind", EntryKind::parse)?,
+            message_enc: r.try_get("message_enc")?,
+            card_name_enc: r.try_get("card_name_enc")?,
+            counterparty: r.try_get("counterparty")?,
+        })
+    }
 }
 
 pub async fn insert_account(
@@ -79,7 +159,7 @@ pub async fn insert_account(
     )
     .bind(row.id)
     .bind(row.user_id)
-    .bind(&row.kind)
+    .bind(row.kind.as_str())
     .bind(&row.balance_enc)
     .bind(row.seq)
     .bind(&row.head_mac)
@@ -96,11 +176,10 @@ pub async fn lock_account(tx: &mut WriteTx, id: i64) -> Result<Option<AccountRow
         "SELECT id, user_id, kind, balance_enc, seq, head_mac FROM accounts WHERE id = $1 FOR UPDATE",
         "SELECT id, user_id, kind, balance_enc, seq, head_mac FROM accounts WHERE id = $1",
     );
-    let row: Option<AccountTuple> = sqlx::query_as(sql)
+    Ok(sqlx::query_as(sql)
         .bind(id)
         .fetch_optional(tx.conn())
-        .await?;
-    Ok(row.map(account))
+        .await?)
 }
 
 /// What locking a movement's two accounts returns: the rows found, ordered by id, and the entry
@@ -144,7 +223,7 @@ async fn lock_pair(
     if tx.engine() == Engine::Sqlite
         && let Some(key) = &key
     {
-        let rows: Vec<KeyedTuple> = sqlx::query_as(sql.sqlite_keyed)
+        let rows: Vec<KeyedRow> = sqlx::query_as(sql.sqlite_keyed)
             .bind(a)
             .bind(b)
             .bind(key.user_id)
@@ -154,7 +233,7 @@ async fn lock_pair(
             .await?;
         return Ok(keyed_locked(rows, key));
     }
-    let rows: Vec<AccountTuple> = sqlx::query_as(tx.for_update(sql.postgres, sql.sqlite))
+    let accounts: Vec<AccountRow> = sqlx::query_as(tx.for_update(sql.postgres, sql.sqlite))
         .bind(a)
         .bind(b)
         .fetch_all(tx.conn())
@@ -164,28 +243,46 @@ async fn lock_pair(
         None => (None, None),
     };
     Ok(Locked {
-        accounts: rows.into_iter().map(account).collect(),
+        accounts,
         replayed,
         audit_head,
     })
 }
 
-/// A row of SQLite's keyed lock: the account's columns, the key's entry, the audit head.
-type KeyedTuple = (
-    i64,
-    Option<i64>,
-    String,
-    Vec<u8>,
-    i64,
-    Vec<u8>,
-    Option<i64>,
-    Option<i64>,
-    Option<Vec<u8>>,
-);
+/// A row of SQLite's keyed lock: an account, and on every row the same two reads: the entry the
+/// key already produced and the head of the customer's audit stream.
+struct KeyedRow {
+    account: AccountRow,
+    replayed: Option<i64>,
+    audit_seq: Option<i64>,
+    audit_mac: Option<Vec<u8>>,
+}
 
-fn keyed_locked(rows: Vec<KeyedTuple>, key: &CustomerKey<'_>) -> Locked {
-    let replayed = rows.iter().find_map(|t| t.6);
-    let audit_head = rows.iter().find_map(|t| match (t.7, &t.8) {
+impl FromRow<'_, AnyRow> for KeyedRow {
+    fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(KeyedRow {
+            account: AccountRow::from_row(r)?,
+            replayed: r.try_get("replayed")?,
+            audit_seq: r.try_get("audit_seq")?,
+            audit_mac: r.try_get("audit_mac")?,
+        })
+    }
+}
+
+impl KeyedRow {
+    fn from_batch_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(KeyedRow {
+            account: AccountRow::from_batch_row(r)?,
+            replayed: r.get("replayed")?,
+            audit_seq: r.get("audit_seq")?,
+            audit_mac: r.get("audit_mac")?,
+        })
+    }
+}
+
+fn keyed_locked(rows: Vec<KeyedRow>, key: &CustomerKey<'_>) -> Locked {
+    let replayed = rows.iter().find_map(|r| r.replayed);
+    let audit_head = rows.iter().find_map(|r| match (r.audit_seq, &r.audit_mac) {
         (Some(seq), Some(mac)) => Some(AuditHead {
             stream: key.audit_stream.to_string(),
             seq,
@@ -193,12 +290,8 @@ fn keyed_locked(rows: Vec<KeyedTuple>, key: &CustomerKey<'_>) -> Locked {
         }),
         _ => None,
     });
-    let accounts = rows
-        .into_iter()
-        .map(|t| account((t.0, t.1, t.2, t.3, t.4, t.5)))
-        .collect();
     Locked {
-        accounts,
+        accounts: rows.into_iter().map(|r| r.account).collect(),
         replayed,
         audit_head,
     }
@@ -214,16 +307,7 @@ fn lock_pair_batch(
 ) -> Result<Locked, StoreError> {
     let Some(key) = key else {
         let params = [Param::Integer(a), Param::Integer(b)];
-        let accounts = tx.query(sql.sqlite, &params, |row| {
-            Ok(account((
-                row.get(0)?,
-                row.get(1)?,
-                row.get(2)?,
-                row.get(3)?,
-                row.get(4)?,
-                row.get(5)?,
-            )))
-        })?;
+        let accounts = tx.query(sql.sqlite, &params, AccountRow::from_batch_row)?;
         return Ok(Locked {
             accounts,
             replayed: None,
@@ -237,19 +321,7 @@ fn lock_pair_batch(
         Param::Text(key.key.as_bytes()),
         Param::Text(key.audit_stream.as_bytes()),
     ];
-    let rows = tx.query(sql.sqlite_keyed, &params, |row| {
-        Ok((
-            row.get(0)?,
-            row.get(1)?,
-            row.get(2)?,
-            row.get(3)?,
-            row.get(4)?,
-            row.get(5)?,
-            row.get(6)?,
-            row.get(7)?,
-            row.get(8)?,
-        ))
-    })?;
+    let rows = tx.query(sql.sqlite_keyed, &params, KeyedRow::from_batch_row)?;
     Ok(keyed_locked(rows, &key))
 }
 
@@ -304,9 +376,9 @@ macro_rules! lock_sql {
             ),
             sqlite_keyed: concat!(
                 "SELECT id, user_id, kind, balance_enc, seq, head_mac, \
-                 (SELECT entry_id FROM idempotency_keys WHERE user_id = $3 AND key = $4), \
-                 (SELECT seq FROM audit_heads WHERE stream = $5), \
-                 (SELECT mac FROM audit_heads WHERE stream = $5) \
+                 (SELECT entry_id FROM idempotency_keys WHERE user_id = $3 AND key = $4) AS replayed, \
+                 (SELECT seq FROM audit_heads WHERE stream = $5) AS audit_seq, \
+                 (SELECT mac FROM audit_heads WHERE stream = $5) AS audit_mac \
                  FROM accounts WHERE ",
                 $filter,
                 " ORDER BY id"
@@ -350,13 +422,12 @@ pub async fn account_id_of_user(
 }
 
 pub async fn account_of_user(db: &Db, user_id: i64) -> Result<Option<AccountRow>, StoreError> {
-    let row: Option<AccountTuple> = sqlx::query_as(
+    Ok(sqlx::query_as(
         "SELECT id, user_id, kind, balance_enc, seq, head_mac FROM accounts WHERE user_id = $1",
     )
     .bind(user_id)
     .fetch_optional(db.pool())
-    .await?;
-    Ok(row.map(account))
+    .await?)
 }
 
 /// Accounts in id order, a batch at a time (for `verify`).
@@ -365,14 +436,13 @@ pub async fn accounts_after(
     after_id: i64,
     limit: i64,
 ) -> Result<Vec<AccountRow>, StoreError> {
-    let rows: Vec<AccountTuple> = sqlx::query_as(
+    Ok(sqlx::query_as(
         "SELECT id, user_id, kind, balance_enc, seq, head_mac FROM accounts WHERE id > $1 ORDER BY id LIMIT $2",
     )
     .bind(after_id)
     .bind(limit)
     .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows.into_iter().map(account).collect())
+    .await?)
 }
 
 type AnyQuery<'q> = Query<'q, Any, AnyArguments>;
@@ -381,9 +451,9 @@ type AnyQuery<'q> = Query<'q, Any, AnyArguments>;
 fn bind_entry<'q>(query: AnyQuery<'q>, row: &'q EntryRow) -> AnyQuery<'q> {
     query
         .bind(row.id)
-        .bind(&row.kind)
+        .bind(row.kind.as_str())
         .bind(row.initiator_user_id)
-        .bind(row.created_at)
+        .bind(row.created_at_millis)
         .bind(row.message_enc.as_deref())
         .bind(row.card_name_enc.as_deref())
         .bind(&row.mac)
@@ -406,7 +476,7 @@ fn bind_posting<'q>(query: AnyQuery<'q>, row: &'q PostingRow) -> AnyQuery<'q> {
         .bind(row.entry_id)
         .bind(row.counterparty_account_id)
         .bind(&row.amount_enc)
-        .bind(row.created_at)
+        .bind(row.created_at_millis)
         .bind(&row.prev_mac)
         .bind(&row.mac)
 }
@@ -602,9 +672,9 @@ fn write_entry_batch(
     let mut params = Vec::with_capacity(33);
     params.extend([
         Param::Integer(entry.id),
-        Param::Text(entry.kind.as_bytes()),
+        Param::Text(entry.kind.as_str().as_bytes()),
         Param::Integer(entry.initiator_user_id),
-        Param::Integer(entry.created_at),
+        Param::Integer(entry.created_at_millis),
         opt_blob(entry.message_enc.as_deref()),
         opt_blob(entry.card_name_enc.as_deref()),
         Param::Blob(&entry.mac),
@@ -616,7 +686,7 @@ fn write_entry_batch(
             Param::Integer(p.entry_id),
             opt_int(p.counterparty_account_id),
             Param::Blob(&p.amount_enc),
-            Param::Integer(p.created_at),
+            Param::Integer(p.created_at_millis),
             Param::Blob(&p.prev_mac),
             Param::Blob(&p.mac),
         ]);
@@ -711,22 +781,11 @@ pub async fn idempotent_entry(
     Ok(row.map(|(id,)| id))
 }
 
-type HistoryTuple = (
-    i64,
-    i64,
-    Vec<u8>,
-    i64,
-    String,
-    Option<Vec<u8>>,
-    Option<Vec<u8>>,
-    Option<String>,
-);
-
 /// Postings of one account with `seq` in `[seq_low, seq_high]`, newest first. Reads only the rows
 /// asked for, through the `(account_id, seq)` primary key, whatever the history's length.
 /// The history query: one account's postings in a `seq` range, through the primary key. Public so
 /// that a test can check its query plan reads only the rows asked for.
-pub const HISTORY_RANGE_SQL: &str = "SELECT p.seq, p.entry_id, p.amount_enc, p.created_at, e.kind, e.message_enc, e.card_name_enc, u.username \
+pub const HISTORY_RANGE_SQL: &str = "SELECT p.seq, p.entry_id, p.amount_enc, p.created_at, e.kind, e.message_enc, e.card_name_enc, u.username AS counterparty \
          FROM postings p \
          JOIN journal_entries e ON e.id = p.entry_id \
          LEFT JOIN accounts ca ON ca.id = p.counterparty_account_id \
@@ -740,25 +799,12 @@ pub async fn history_range(
     seq_low: i64,
     seq_high: i64,
 ) -> Result<Vec<HistoryRow>, StoreError> {
-    let rows: Vec<HistoryTuple> = sqlx::query_as(HISTORY_RANGE_SQL)
+    Ok(sqlx::query_as(HISTORY_RANGE_SQL)
         .bind(account_id)
         .bind(seq_low)
         .bind(seq_high)
         .fetch_all(db.pool())
-        .await?;
-    Ok(rows
-        .into_iter()
-        .map(|t| HistoryRow {
-            seq: t.0,
-            entry_id: t.1,
-            amount_enc: t.2,
-            created_at: t.3,
-            kind: t.4,
-            message_enc: t.5,
-            card_name_enc: t.6,
-            counterparty: t.7,
-        })
-        .collect())
+        .await?)
 }
 
 /// The posting of `account_id` in `entry_id` (a receipt), with the same shape as a history row.
@@ -767,8 +813,8 @@ pub async fn history_row_of_entry(
     account_id: i64,
     entry_id: i64,
 ) -> Result<Option<HistoryRow>, StoreError> {
-    let row: Option<HistoryTuple> = sqlx::query_as(
-        "SELECT p.seq, p.entry_id, p.amount_enc, p.created_at, e.kind, e.message_enc, e.card_name_enc, u.username \
+    Ok(sqlx::query_as(
+        "SELECT p.seq, p.entry_id, p.amount_enc, p.created_at, e.kind, e.message_enc, e.card_name_enc, u.username AS counterparty \
          FROM postings p \
          JOIN journal_entries e ON e.id = p.entry_id \
          LEFT JOIN accounts ca ON ca.id = p.counterparty_account_id \
@@ -778,20 +824,8 @@ pub async fn history_row_of_entry(
     .bind(account_id)
     .bind(entry_id)
     .fetch_optional(db.pool())
-    .await?;
-    Ok(row.map(|t| HistoryRow {
-        seq: t.0,
-        entry_id: t.1,
-        amount_enc: t.2,
-        created_at: t.3,
-        kind: t.4,
-        message_enc: t.5,
-        card_name_enc: t.6,
-        counterparty: t.7,
-    }))
+    .await?)
 }
-
-type PostingTuple = (i64, i64, i64, Option<i64>, Vec<u8>, i64, Vec<u8>, Vec<u8>);
 
 /// Postings of one account after `after_seq`, in chain order (for `verify`).
 pub async fn postings_after(
@@ -800,7 +834,7 @@ pub async fn postings_after(
     after_seq: i64,
     limit: i64,
 ) -> Result<Vec<PostingRow>, StoreError> {
-    let rows: Vec<PostingTuple> = sqlx::query_as(
+    Ok(sqlx::query_as(
         "SELECT account_id, seq, entry_id, counterparty_account_id, amount_enc, created_at, prev_mac, mac \
          FROM postings WHERE account_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
     )
@@ -808,31 +842,8 @@ pub async fn postings_after(
     .bind(after_seq)
     .bind(limit)
     .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|t| PostingRow {
-            account_id: t.0,
-            seq: t.1,
-            entry_id: t.2,
-            counterparty_account_id: t.3,
-            amount_enc: t.4,
-            created_at: t.5,
-            prev_mac: t.6,
-            mac: t.7,
-        })
-        .collect())
+    .await?)
 }
-
-type EntryTuple = (
-    i64,
-    String,
-    i64,
-    i64,
-    Option<Vec<u8>>,
-    Option<Vec<u8>>,
-    Vec<u8>,
-);
 
 /// Journal entries in id order, a batch at a time (for `verify`).
 pub async fn entries_after(
@@ -840,24 +851,12 @@ pub async fn entries_after(
     after_id: i64,
     limit: i64,
 ) -> Result<Vec<EntryRow>, StoreError> {
-    let rows: Vec<EntryTuple> = sqlx::query_as(
+    Ok(sqlx::query_as(
         "SELECT id, kind, initiator_user_id, created_at, message_enc, card_name_enc, mac \
          FROM journal_entries WHERE id > $1 ORDER BY id LIMIT $2",
     )
     .bind(after_id)
     .bind(limit)
     .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|t| EntryRow {
-            id: t.0,
-            kind: t.1,
-            initiator_user_id: t.2,
-            created_at: t.3,
-            message_enc: t.4,
-            card_name_enc: t.5,
-            mac: t.6,
-        })
-        .collect())
+    .await?)
 }

@@ -1,10 +1,12 @@
 //! SQL for server-side sessions, recovery codes and per-IP login throttling.
 
-use sqlx::Row;
+use sqlx::any::AnyRow;
+use sqlx::{FromRow, Row};
 
 use super::group::Param;
 use super::ledger::AccountRow;
 use super::{Db, StoreError, Tx, TxWork, Verdict, WriteTx};
+use crate::domain::AccountKind;
 
 #[derive(Debug, Clone)]
 pub struct SessionRow {
@@ -12,39 +14,29 @@ pub struct SessionRow {
     pub user_id: i64,
     pub stage: String,
     pub csrf_token: String,
-    pub created_at: i64,
-    pub last_seen_at: i64,
+    pub created_at_millis: i64,
+    pub last_seen_at_millis: i64,
     pub client_ip: Option<String>,
     pub user_agent: Option<String>,
     pub recovery_codes_enc: Option<Vec<u8>>,
     pub flash: Option<String>,
 }
 
-type SessionTuple = (
-    String,
-    i64,
-    String,
-    String,
-    i64,
-    i64,
-    Option<String>,
-    Option<String>,
-    Option<Vec<u8>>,
-    Option<String>,
-);
-
-fn session(t: SessionTuple) -> SessionRow {
-    SessionRow {
-        id_hash: t.0,
-        user_id: t.1,
-        stage: t.2,
-        csrf_token: t.3,
-        created_at: t.4,
-        last_seen_at: t.5,
-        client_ip: t.6,
-        user_agent: t.7,
-        recovery_codes_enc: t.8,
-        flash: t.9,
+impl sqlx::FromRow<'_, AnyRow> for SessionRow {
+    /// Reads the columns of [`COLUMNS`] by name.
+    fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(SessionRow {
+            id_hash: r.try_get("id_hash")?,
+            user_id: r.try_get("user_id")?,
+            stage: r.try_get("stage")?,
+            csrf_token: r.try_get("csrf_token")?,
+            created_at_millis: r.try_get("created_at")?,
+            last_seen_at_millis: r.try_get("last_seen_at")?,
+            client_ip: r.try_get("client_ip")?,
+            user_agent: r.try_get("user_agent")?,
+            recovery_codes_enc: r.try_get("recovery_codes_enc")?,
+            flash: r.try_get("flash")?,
+        })
     }
 }
 
@@ -64,8 +56,8 @@ pub async fn insert(
     .bind(row.user_id)
     .bind(&row.stage)
     .bind(&row.csrf_token)
-    .bind(row.created_at)
-    .bind(row.last_seen_at)
+    .bind(row.created_at_millis)
+    .bind(row.last_seen_at_millis)
     .bind(row.client_ip.as_deref())
     .bind(row.user_agent.as_deref())
     .bind(row.recovery_codes_enc.as_deref())
@@ -99,7 +91,8 @@ pub async fn find(db: &Db, id_hash: &str) -> Result<Option<Found>, StoreError> {
     let row = sqlx::query(
         "SELECT s.id_hash, s.user_id, s.stage, s.csrf_token, s.created_at, s.last_seen_at, \
          s.client_ip, s.user_agent, s.recovery_codes_enc, s.flash, u.username, \
-         a.id, a.kind, a.balance_enc, a.seq, a.head_mac \
+         a.id AS account_id, a.kind AS account_kind, a.balance_enc AS account_balance_enc, \
+         a.seq AS account_seq, a.head_mac AS account_head_mac \
          FROM sessions s LEFT JOIN users u ON u.id = s.user_id \
          LEFT JOIN accounts a ON a.user_id = s.user_id WHERE s.id_hash = $1",
     )
@@ -109,41 +102,30 @@ pub async fn find(db: &Db, id_hash: &str) -> Result<Option<Found>, StoreError> {
     let Some(r) = row else {
         return Ok(None);
     };
-    let user_id: i64 = r.try_get(1)?;
-    let account_id: Option<i64> = r.try_get(11)?;
-    let account = match account_id {
+    let row = SessionRow::from_row(&r)?;
+    let account = match r.try_get::<Option<i64>, _>("account_id")? {
         Some(id) => Some(AccountRow {
             id,
-            user_id: Some(user_id),
-            kind: r.try_get(12)?,
-            balance_enc: r.try_get(13)?,
-            seq: r.try_get(14)?,
-            head_mac: r.try_get(15)?,
+            user_id: Some(row.user_id),
+            kind: super::ledger::kind_column(&r, "account_kind", AccountKind::parse)?,
+            balance_enc: r.try_get("account_balance_enc")?,
+            seq: r.try_get("account_seq")?,
+            head_mac: r.try_get("account_head_mac")?,
         }),
         None => None,
     };
     Ok(Some(Found {
-        row: session((
-            r.try_get(0)?,
-            user_id,
-            r.try_get(2)?,
-            r.try_get(3)?,
-            r.try_get(4)?,
-            r.try_get(5)?,
-            r.try_get(6)?,
-            r.try_get(7)?,
-            r.try_get(8)?,
-            r.try_get(9)?,
-        )),
-        username: r.try_get::<Option<String>, _>(10)?.unwrap_or_default(),
+        row,
+        username: r
+            .try_get::<Option<String>, _>("username")?
+            .unwrap_or_default(),
         account,
     }))
 }
 
-/// Records that the session was used at `now`. On SQLite it joins the group commit (a touch is
-/// a write of its own for every session that comes back after the touch interval: under load,
-/// standalone touches each waited for the write gate and paid their own `fsync`, and the batch
-/// writer waited behind them).
+/// Records that the session was used at `now`. On SQLite it joins the group commit: a touch is
+/// a write for every session that comes back after the touch interval, and alone each would wait
+/// for the write gate and pay its own `fsync`, with the batch writer waiting behind it.
 pub async fn touch(db: &Db, id_hash: &str, now: i64) -> Result<(), StoreError> {
     let touch = Touch {
         id_hash: id_hash.to_string(),
@@ -228,11 +210,11 @@ pub async fn list_for_user(db: &Db, user_id: i64) -> Result<Vec<SessionRow>, Sto
     let sql = sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM sessions WHERE user_id = $1 ORDER BY created_at DESC"
     ));
-    let rows: Vec<SessionTuple> = sqlx::query_as(sql)
+    let rows: Vec<SessionRow> = sqlx::query_as(sql)
         .bind(user_id)
         .fetch_all(db.pool())
         .await?;
-    Ok(rows.into_iter().map(session).collect())
+    Ok(rows)
 }
 
 /// Takes (reads and clears) the session's sealed recovery codes.

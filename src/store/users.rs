@@ -10,7 +10,7 @@ pub struct NewUser<'a> {
     pub email_enc: &'a [u8],
     pub email_bidx: &'a [u8],
     pub password_hash: &'a str,
-    pub created_at: i64,
+    pub created_at_millis: i64,
 }
 
 /// Inserts a user; a taken username or email maps to [`StoreError::Conflict`] naming the field.
@@ -25,7 +25,7 @@ pub async fn insert(tx: &mut WriteTx, user: &NewUser<'_>) -> Result<(), StoreErr
     .bind(user.email_enc)
     .bind(user.email_bidx)
     .bind(user.password_hash)
-    .bind(user.created_at)
+    .bind(user.created_at_millis)
     .execute(tx.conn())
     .await
     .map_err(|e| match e.as_database_error() {

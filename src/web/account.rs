@@ -70,8 +70,16 @@ fn visitor_token(headers: &axum::http::HeaderMap) -> (String, Option<String>) {
     }
 }
 
-fn with_optional_cookie(response: Response, cookie: Option<String>) -> Response {
-    match cookie {
+/// A visitor's form page, given the CSRF token its form carries: the visitor cookie's, or a new
+/// one set with the response.
+fn visitor_form<T: Template>(
+    headers: &axum::http::HeaderMap,
+    request_id: &str,
+    page: impl FnOnce(String) -> T,
+) -> Response {
+    let (csrf_token, set) = visitor_token(headers);
+    let response = render(StatusCode::OK, &page(csrf_token), request_id);
+    match set {
         Some(c) => with_cookie(response, &c),
         None => response,
     }
@@ -86,19 +94,16 @@ pub async fn signup_form(
     visitor: Visitor,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    let (csrf_token, set) = visitor_token(&headers);
-    let page = SignupPage {
-        chrome: Chrome::visitor(),
-        csrf_token,
-        username: String::new(),
-        email: String::new(),
-        errors: Errors::default(),
-        captcha: captcha_gate::fields(&services),
-    };
-    with_optional_cookie(
-        render(StatusCode::OK, &page, &visitor.context.request_id),
-        set,
-    )
+    visitor_form(&headers, &visitor.context.request_id, |csrf_token| {
+        SignupPage {
+            chrome: Chrome::visitor(),
+            csrf_token,
+            username: String::new(),
+            email: String::new(),
+            errors: Errors::default(),
+            captcha: captcha_gate::fields(&services),
+        }
+    })
 }
 
 pub async fn signup(State(services): State<Services>, visitor: Visitor, form: CsrfForm) -> Result {
@@ -246,18 +251,15 @@ pub async fn login_form(
     visitor: Visitor,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    let (csrf_token, set) = visitor_token(&headers);
-    let page = LoginPage {
-        chrome: Chrome::visitor(),
-        csrf_token,
-        email: String::new(),
-        errors: Errors::default(),
-        captcha: captcha_gate::fields(&services),
-    };
-    with_optional_cookie(
-        render(StatusCode::OK, &page, &visitor.context.request_id),
-        set,
-    )
+    visitor_form(&headers, &visitor.context.request_id, |csrf_token| {
+        LoginPage {
+            chrome: Chrome::visitor(),
+            csrf_token,
+            email: String::new(),
+            errors: Errors::default(),
+            captcha: captcha_gate::fields(&services),
+        }
+    })
 }
 
 pub async fn login(State(services): State<Services>, visitor: Visitor, form: CsrfForm) -> Result {

@@ -12,6 +12,7 @@ use super::error::Result;
 use super::extract::{Context, NOTICE_COOKIE, see_other, with_cookie};
 use super::view::{Chrome, render};
 use crate::auth::session::{EndReason, Stage, clear_cookie_header};
+use crate::domain::EntryKind;
 use crate::ledger::MovementView;
 use crate::limits::HOME_RECENT_ROWS;
 use crate::startup::Services;
@@ -36,7 +37,7 @@ pub struct Row {
 impl From<&MovementView> for Row {
     fn from(m: &MovementView) -> Self {
         let minor = m.amount.minor();
-        let deposit = m.kind == "deposit";
+        let deposit = m.kind == EntryKind::Deposit;
         let description = match (deposit, minor < 0) {
             (true, _) => "ATM deposit",
             (false, true) => "Sent to",
@@ -45,7 +46,7 @@ impl From<&MovementView> for Row {
         Row {
             minor,
             amount: m.amount.to_string(),
-            date: display_minute(m.created_at),
+            date: display_minute(m.created_at_millis),
             description,
             counterparty: if deposit {
                 None
@@ -222,8 +223,8 @@ mod tests {
         let m = MovementView {
             entry_id: 7,
             seq: 3,
-            created_at: 1_795_920_133_999,
-            kind: "transfer".into(),
+            created_at_millis: 1_795_920_133_999,
+            kind: crate::domain::EntryKind::Transfer,
             amount: crate::domain::Money::from_minor(-150),
             counterparty: Some("bob".into()),
             message: Some("<script>alert(1)</script>".into()),

@@ -3,14 +3,16 @@
 //! service, and how each refusal is shown. Every refusal re-shows the form with a message next
 //! to its field, keeps what was typed (not the code), moves nothing, and is audited.
 
+use askama::Template;
 use axum::http::StatusCode;
 use axum::response::Response;
 
 use super::captcha_gate;
 use super::extract::{CurrentUser, see_other};
 use super::form::CsrfForm;
-use super::view::Errors;
+use super::view::{Chrome, Errors, render};
 use crate::auth::session::Session;
+use crate::captcha::CaptchaFields;
 use crate::domain::Username;
 use crate::payments::{Command, Kind, Movement, PaymentError, Prepared, Receipt, Refusal};
 use crate::startup::Services;
@@ -23,9 +25,9 @@ pub struct Parsed {
 
 /// Why the form is shown again: the status, the messages by field, and the audit reason when
 /// the web decided the refusal (the movement service audits its own).
-pub struct FormRefusal {
-    pub status: StatusCode,
-    pub errors: Errors,
+struct FormRefusal {
+    status: StatusCode,
+    errors: Errors,
     audit_reason: Option<&'static str>,
 }
 
@@ -52,27 +54,113 @@ pub struct OwnUsernameField {
     pub message: &'static str,
 }
 
-/// A money form after the extractors (session, CSRF), in the contract's order: the idempotency
-/// key (a key that already moved money answers its receipt), field syntax, captcha, then the
-/// movement service (one-time code, business rules, one transaction). `Ok`: the receipt to show.
-pub async fn submit(
+/// A money page: its template, the kind of movement it makes and how its own fields are read
+/// and shown again. The flow around them is [`show`] and [`submit`].
+pub trait MoneyPage: Template + Sized {
+    const KIND: Kind;
+    const OWN_USERNAME: OwnUsernameField;
+
+    /// The movement the form's fields describe, or `None` with each bad field's message added to
+    /// `errors`.
+    fn parse(form: &CsrfForm, errors: &mut Errors) -> Option<Parsed>;
+
+    /// The page around `frame` with its own fields from `fields`.
+    fn page(frame: Frame, fields: &Fields<'_>) -> Self;
+}
+
+/// What every money page shows besides its own fields.
+pub struct Frame {
+    pub chrome: Chrome,
+    pub balance: String,
+    pub key: String,
+    pub errors: Errors,
+    pub captcha: CaptchaFields,
+}
+
+/// Where a page's own fields come from: empty but for the customer's own username on a new
+/// form, as typed when a refused form is shown again.
+pub enum Fields<'a> {
+    Empty { own_username: &'a str },
+    Typed(&'a CsrfForm),
+}
+
+impl Fields<'_> {
+    /// A field as typed (at most `max` characters), empty on a new form.
+    pub fn typed(&self, name: &str, max: usize) -> String {
+        match self {
+            Fields::Empty { .. } => String::new(),
+            Fields::Typed(form) => form.get(name).chars().take(max).collect(),
+        }
+    }
+
+    /// The own-username field: the customer's username on a new form, as typed otherwise.
+    pub fn own_username(&self, name: &str, max: usize) -> String {
+        match self {
+            Fields::Empty { own_username } => own_username.to_string(),
+            Fields::Typed(_) => self.typed(name, max),
+        }
+    }
+}
+
+/// `GET` of a money page: a new form with a new idempotency key.
+pub async fn show<P: MoneyPage>(services: &Services, user: &CurrentUser) -> Response {
+    let session = &user.session;
+    let frame = Frame {
+        chrome: Chrome::for_session(services, session, true).await,
+        balance: balance_text(services, session, false).await,
+        key: services.payments.issue_key(session.user_id),
+        errors: Errors::default(),
+        captcha: captcha_gate::fields(services),
+    };
+    let fields = Fields::Empty {
+        own_username: &session.username,
+    };
+    render(
+        StatusCode::OK,
+        &P::page(frame, &fields),
+        &user.context.request_id,
+    )
+}
+
+/// `POST` of a money page, in the contract's order: the idempotency key (a key that already
+/// moved money answers its receipt), field syntax, captcha, then the movement service
+/// (one-time code, business rules, one transaction). Money moved: a redirect to the receipt;
+/// refused: the form again, as typed, with the reason next to its field.
+pub async fn submit<P: MoneyPage>(
     services: &Services,
     user: &CurrentUser,
     form: &CsrfForm,
-    kind: Kind,
-    field_errors: Errors,
-    parsed: Option<Parsed>,
-    own: &OwnUsernameField,
-) -> Result<Response, FormRefusal> {
-    let refused = match run(services, user, form, kind, field_errors, parsed, own).await {
-        Ok(receipt) => return Ok(see_other(&format!("/receipts/{}", receipt.entry_id))),
+) -> Response {
+    let mut errors = Errors::default();
+    let parsed = P::parse(form, &mut errors);
+    let refused = match run(
+        services,
+        user,
+        form,
+        P::KIND,
+        errors,
+        parsed,
+        &P::OWN_USERNAME,
+    )
+    .await
+    {
+        Ok(receipt) => return see_other(&format!("/receipts/{}", receipt.entry_id)),
         Err(refused) => refused,
     };
     if let Some(reason) = refused.audit_reason {
         let ctx = user.context.audit();
-        services.payments.audit_refusal(&ctx, kind, reason).await;
+        services.payments.audit_refusal(&ctx, P::KIND, reason).await;
     }
-    Err(refused)
+    let session = &user.session;
+    let frame = Frame {
+        chrome: Chrome::for_session(services, session, true).await,
+        balance: balance_text(services, session, true).await,
+        key: key_again(services, session, form),
+        errors: refused.errors,
+        captcha: captcha_gate::fields(services),
+    };
+    let page = P::page(frame, &Fields::Typed(form));
+    render(refused.status, &page, &user.context.request_id)
 }
 
 async fn run(
@@ -177,7 +265,7 @@ fn unavailable(error: &dyn std::fmt::Display) -> FormRefusal {
 
 /// The balance shown on a money form, from the account row read with the session when the
 /// form is opened (one read less), read now when it is shown again.
-pub async fn balance_text(services: &Services, session: &Session, fresh: bool) -> String {
+async fn balance_text(services: &Services, session: &Session, fresh: bool) -> String {
     let known = if fresh {
         None
     } else {
@@ -193,15 +281,10 @@ pub async fn balance_text(services: &Services, session: &Session, fresh: bool) -
 
 /// The key a re-shown form carries: the one it was sent with if it is this customer's (a
 /// refused submission does not use it up), else a new one.
-pub fn key_again(services: &Services, session: &Session, form: &CsrfForm) -> String {
+fn key_again(services: &Services, session: &Session, form: &CsrfForm) -> String {
     let sent = form.get("idempotency_key");
     match services.payments.accept_key(session.user_id, sent) {
         Some(_) => sent.to_string(),
         None => services.payments.issue_key(session.user_id),
     }
-}
-
-/// A field as typed, at most `max` characters (to show it again).
-pub fn kept(form: &CsrfForm, name: &str, max: usize) -> String {
-    form.get(name).chars().take(max).collect()
 }

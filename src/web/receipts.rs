@@ -8,6 +8,7 @@ use super::error::{Error, Result};
 use super::extract::CurrentUser;
 use super::home::Row;
 use super::view::{Chrome, render};
+use crate::domain::EntryKind;
 use crate::startup::Services;
 
 #[derive(Template)]
@@ -15,7 +16,7 @@ use crate::startup::Services;
 struct ReceiptPage {
     chrome: Chrome,
     row: Row,
-    kind: String,
+    deposit: bool,
     balance_minor: i64,
     balance: String,
 }
@@ -37,7 +38,7 @@ pub async fn show(
     let page = ReceiptPage {
         chrome: Chrome::for_session(&services, &user.session, true).await,
         row: Row::from(&movement),
-        kind: movement.kind.clone(),
+        deposit: movement.kind == EntryKind::Deposit,
         balance_minor: balance.minor(),
         balance: balance.to_string(),
     };

@@ -90,8 +90,8 @@ async fn page(
         .into_iter()
         .map(|s| SessionLine {
             current: s.id_hash == user.session.id_hash,
-            created: short_time(s.created_at),
-            last_seen: short_time(s.last_seen_at),
+            created: short_time(s.created_at_millis),
+            last_seen: short_time(s.last_seen_at_millis),
             ip: s.client_ip.unwrap_or_default(),
             user_agent: s.user_agent.unwrap_or_default(),
         })

@@ -2,14 +2,12 @@
 
 use askama::Template;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::Response;
 
-use super::captcha_gate;
 use super::extract::CurrentUser;
 use super::form::CsrfForm;
-use super::money_form::{self, OwnUsernameField, Parsed, kept};
-use super::view::{Chrome, Errors, render};
+use super::money_form::{self, Fields, Frame, MoneyPage, OwnUsernameField, Parsed};
+use super::view::{Chrome, Errors};
 use crate::captcha::CaptchaFields;
 use crate::domain::{Amount, Message, Username};
 use crate::payments::{Kind, Movement};
@@ -21,33 +19,66 @@ struct TransferPage {
     chrome: Chrome,
     balance: String,
     key: String,
+    errors: Errors,
+    captcha: CaptchaFields,
     amount: String,
     from_username: String,
     to_username: String,
     message: String,
-    errors: Errors,
-    captcha: CaptchaFields,
 }
 
-const OWN_USERNAME: OwnUsernameField = OwnUsernameField {
-    field: "from_username",
-    message: "Enter your own username to confirm that the money leaves your account.",
-};
+impl MoneyPage for TransferPage {
+    const KIND: Kind = Kind::Transfer;
+    const OWN_USERNAME: OwnUsernameField = OwnUsernameField {
+        field: "from_username",
+        message: "Enter your own username to confirm that the money leaves your account.",
+    };
+
+    fn parse(form: &CsrfForm, errors: &mut Errors) -> Option<Parsed> {
+        let mut field = |name: &'static str, error: String| errors.add(name, error);
+        let amount = Amount::parse(form.get("amount")).map_err(|e| field("amount", e.to_string()));
+        let from = Username::parse(form.get("from_username"))
+            .map_err(|e| field("from_username", e.to_string()));
+        let to = Username::parse(form.get("to_username"))
+            .map_err(|e| field("to_username", e.to_string()));
+        let message =
+            Message::parse(form.get("message")).map_err(|e| field("message", e.to_string()));
+        let (amount, own_username, to, message) =
+            (amount.ok()?, from.ok()?, to.ok()?, message.ok()?);
+        Some(Parsed {
+            movement: Movement::Transfer {
+                to,
+                amount,
+                message,
+            },
+            own_username,
+        })
+    }
+
+    fn page(frame: Frame, fields: &Fields<'_>) -> Self {
+        let Frame {
+            chrome,
+            balance,
+            key,
+            errors,
+            captcha,
+        } = frame;
+        TransferPage {
+            chrome,
+            balance,
+            key,
+            errors,
+            captcha,
+            amount: fields.typed("amount", 20),
+            from_username: fields.own_username("from_username", 64),
+            to_username: fields.typed("to_username", 64),
+            message: fields.typed("message", 200),
+        }
+    }
+}
 
 pub async fn form(State(services): State<Services>, user: CurrentUser) -> Response {
-    let session = &user.session;
-    let page = TransferPage {
-        chrome: Chrome::for_session(&services, session, true).await,
-        balance: money_form::balance_text(&services, session, false).await,
-        key: services.payments.issue_key(session.user_id),
-        amount: String::new(),
-        from_username: session.username.clone(),
-        to_username: String::new(),
-        message: String::new(),
-        errors: Errors::default(),
-        captcha: captcha_gate::fields(&services),
-    };
-    render(StatusCode::OK, &page, &user.context.request_id)
+    money_form::show::<TransferPage>(&services, &user).await
 }
 
 pub async fn submit(
@@ -55,50 +86,5 @@ pub async fn submit(
     user: CurrentUser,
     form: CsrfForm,
 ) -> Response {
-    let mut errors = Errors::default();
-    let mut field = |name: &'static str, error: String| errors.add(name, error);
-    let amount = Amount::parse(form.get("amount")).map_err(|e| field("amount", e.to_string()));
-    let from = Username::parse(form.get("from_username"))
-        .map_err(|e| field("from_username", e.to_string()));
-    let to =
-        Username::parse(form.get("to_username")).map_err(|e| field("to_username", e.to_string()));
-    let message = Message::parse(form.get("message")).map_err(|e| field("message", e.to_string()));
-    let parsed = match (amount, from, to, message) {
-        (Ok(amount), Ok(own_username), Ok(to), Ok(message)) => Some(Parsed {
-            movement: Movement::Transfer {
-                to,
-                amount,
-                message,
-            },
-            own_username,
-        }),
-        _ => None,
-    };
-    let outcome = money_form::submit(
-        &services,
-        &user,
-        &form,
-        Kind::Transfer,
-        errors,
-        parsed,
-        &OWN_USERNAME,
-    )
-    .await;
-    let refused = match outcome {
-        Ok(receipt) => return receipt,
-        Err(refused) => refused,
-    };
-    let session = &user.session;
-    let page = TransferPage {
-        chrome: Chrome::for_session(&services, session, true).await,
-        balance: money_form::balance_text(&services, session, true).await,
-        key: money_form::key_again(&services, session, &form),
-        amount: kept(&form, "amount", 20),
-        from_username: kept(&form, "from_username", 64),
-        to_username: kept(&form, "to_username", 64),
-        message: kept(&form, "message", 200),
-        errors: refused.errors,
-        captcha: captcha_gate::fields(&services),
-    };
-    render(refused.status, &page, &user.context.request_id)
+    money_form::submit::<TransferPage>(&services, &user, &form).await
 }
