@@ -1,26 +1,21 @@
-//! `GET, POST /atm`: a simulated ATM deposit of cash into the customer's own account.
+//! `/atm`: a simulated ATM deposit of cash into the customer's own account (the flow is
+//! `money_form`'s).
 
 use askama::Template;
-use axum::extract::State;
-use axum::response::Response;
 
-use super::extract::CurrentUser;
 use super::form::CsrfForm;
-use super::money_form::{self, Fields, Frame, MoneyPage, OwnUsernameField, Parsed};
+use super::money_form::{Fields, Frame, MoneyForm, MoneyPage, OwnUsernameField, Parsed};
 use super::view::{Chrome, Errors};
 use crate::captcha::CaptchaFields;
 use crate::domain::{CardName, DepositAmount, Username};
 use crate::payments::{Kind, Movement};
-use crate::startup::Services;
 
 #[derive(Template)]
 #[template(path = "atm.html")]
-struct AtmPage {
+pub struct AtmPage {
     chrome: Chrome,
-    balance: String,
-    key: String,
-    errors: Errors,
     captcha: CaptchaFields,
+    money: MoneyForm,
     amount: String,
     username: String,
     card_name: String,
@@ -48,35 +43,21 @@ impl MoneyPage for AtmPage {
         })
     }
 
-    fn page(frame: Frame, fields: &Fields<'_>) -> Self {
-        let Frame {
+    fn page(
+        Frame {
             chrome,
-            balance,
-            key,
-            errors,
             captcha,
-        } = frame;
+            money,
+        }: Frame,
+        fields: &Fields<'_>,
+    ) -> Self {
         AtmPage {
             chrome,
-            balance,
-            key,
-            errors,
             captcha,
+            money,
             amount: fields.typed("amount", 20),
             username: fields.own_username("username", 64),
             card_name: fields.typed("card_name", 100),
         }
     }
-}
-
-pub async fn form(State(services): State<Services>, user: CurrentUser) -> Response {
-    money_form::show::<AtmPage>(&services, &user).await
-}
-
-pub async fn submit(
-    State(services): State<Services>,
-    user: CurrentUser,
-    form: CsrfForm,
-) -> Response {
-    money_form::submit::<AtmPage>(&services, &user, &form).await
 }

@@ -31,6 +31,8 @@ use axum::routing::get;
 pub use error::{Error, Result};
 
 use crate::startup::Services;
+use atm::AtmPage;
+use transfer::TransferPage;
 
 pub fn router(services: Services) -> Router {
     let tls = !services.config.plain_http;
@@ -51,8 +53,14 @@ pub fn router(services: Services) -> Router {
             "/settings/sessions/revoke-others",
             axum::routing::post(settings::revoke_others),
         )
-        .route("/transfer", get(transfer::form).post(transfer::submit))
-        .route("/atm", get(atm::form).post(atm::submit))
+        .route(
+            "/transfer",
+            get(money_form::show::<TransferPage>).post(money_form::submit::<TransferPage>),
+        )
+        .route(
+            "/atm",
+            get(money_form::show::<AtmPage>).post(money_form::submit::<AtmPage>),
+        )
         .route("/receipts/{entry}", get(receipts::show))
         .route("/transactions", get(history::show))
         .route("/healthz", get(healthz))

@@ -4,6 +4,7 @@
 //! to its field, keeps what was typed (not the code), moves nothing, and is audited.
 
 use askama::Template;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 
@@ -68,13 +69,19 @@ pub trait MoneyPage: Template + Sized {
     fn page(frame: Frame, fields: &Fields<'_>) -> Self;
 }
 
-/// What every money page shows besides its own fields.
+/// What every money page shows besides its own fields: the layout's chrome, the captcha and
+/// the form's state.
 pub struct Frame {
     pub chrome: Chrome,
+    pub captcha: CaptchaFields,
+    pub money: MoneyForm,
+}
+
+/// A money form's state: the balance, the idempotency key and the messages by field.
+pub struct MoneyForm {
     pub balance: String,
     pub key: String,
     pub errors: Errors,
-    pub captcha: CaptchaFields,
 }
 
 /// Where a page's own fields come from: empty but for the customer's own username on a new
@@ -103,14 +110,17 @@ impl Fields<'_> {
 }
 
 /// `GET` of a money page: a new form with a new idempotency key.
-pub async fn show<P: MoneyPage>(services: &Services, user: &CurrentUser) -> Response {
+pub async fn show<P: MoneyPage>(State(services): State<Services>, user: CurrentUser) -> Response {
+    let (services, user) = (&services, &user);
     let session = &user.session;
     let frame = Frame {
         chrome: Chrome::for_session(services, session, true).await,
-        balance: balance_text(services, session, false).await,
-        key: services.payments.issue_key(session.user_id),
-        errors: Errors::default(),
         captcha: captcha_gate::fields(services),
+        money: MoneyForm {
+            balance: balance_text(services, session, false).await,
+            key: services.payments.issue_key(session.user_id),
+            errors: Errors::default(),
+        },
     };
     let fields = Fields::Empty {
         own_username: &session.username,
@@ -127,10 +137,11 @@ pub async fn show<P: MoneyPage>(services: &Services, user: &CurrentUser) -> Resp
 /// (one-time code, business rules, one transaction). Money moved: a redirect to the receipt;
 /// refused: the form again, as typed, with the reason next to its field.
 pub async fn submit<P: MoneyPage>(
-    services: &Services,
-    user: &CurrentUser,
-    form: &CsrfForm,
+    State(services): State<Services>,
+    user: CurrentUser,
+    form: CsrfForm,
 ) -> Response {
+    let (services, user, form) = (&services, &user, &form);
     let mut errors = Errors::default();
     let parsed = P::parse(form, &mut errors);
     let refused = match run(
@@ -154,10 +165,12 @@ pub async fn submit<P: MoneyPage>(
     let session = &user.session;
     let frame = Frame {
         chrome: Chrome::for_session(services, session, true).await,
-        balance: balance_text(services, session, true).await,
-        key: key_again(services, session, form),
-        errors: refused.errors,
         captcha: captcha_gate::fields(services),
+        money: MoneyForm {
+            balance: balance_text(services, session, true).await,
+            key: key_again(services, session, form),
+            errors: refused.errors,
+        },
     };
     let page = P::page(frame, &Fields::Typed(form));
     render(refused.status, &page, &user.context.request_id)

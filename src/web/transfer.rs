@@ -1,26 +1,20 @@
-//! `GET, POST /transfer`: send money to another customer by username.
+//! `/transfer`: send money to another customer by username (the flow is `money_form`'s).
 
 use askama::Template;
-use axum::extract::State;
-use axum::response::Response;
 
-use super::extract::CurrentUser;
 use super::form::CsrfForm;
-use super::money_form::{self, Fields, Frame, MoneyPage, OwnUsernameField, Parsed};
+use super::money_form::{Fields, Frame, MoneyForm, MoneyPage, OwnUsernameField, Parsed};
 use super::view::{Chrome, Errors};
 use crate::captcha::CaptchaFields;
 use crate::domain::{Amount, Message, Username};
 use crate::payments::{Kind, Movement};
-use crate::startup::Services;
 
 #[derive(Template)]
 #[template(path = "transfer.html")]
-struct TransferPage {
+pub struct TransferPage {
     chrome: Chrome,
-    balance: String,
-    key: String,
-    errors: Errors,
     captcha: CaptchaFields,
+    money: MoneyForm,
     amount: String,
     from_username: String,
     to_username: String,
@@ -55,36 +49,22 @@ impl MoneyPage for TransferPage {
         })
     }
 
-    fn page(frame: Frame, fields: &Fields<'_>) -> Self {
-        let Frame {
+    fn page(
+        Frame {
             chrome,
-            balance,
-            key,
-            errors,
             captcha,
-        } = frame;
+            money,
+        }: Frame,
+        fields: &Fields<'_>,
+    ) -> Self {
         TransferPage {
             chrome,
-            balance,
-            key,
-            errors,
             captcha,
+            money,
             amount: fields.typed("amount", 20),
             from_username: fields.own_username("from_username", 64),
             to_username: fields.typed("to_username", 64),
             message: fields.typed("message", 200),
         }
     }
-}
-
-pub async fn form(State(services): State<Services>, user: CurrentUser) -> Response {
-    money_form::show::<TransferPage>(&services, &user).await
-}
-
-pub async fn submit(
-    State(services): State<Services>,
-    user: CurrentUser,
-    form: CsrfForm,
-) -> Response {
-    money_form::submit::<TransferPage>(&services, &user, &form).await
 }
