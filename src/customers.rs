@@ -3,6 +3,7 @@
 
 use crate::audit::{AuditContext, AuditEvent};
 use crate::crypto::{Aad, random_row_id};
+use crate::domain::UserId;
 use crate::domain::{Email, Username};
 use crate::ledger::LedgerError;
 use crate::startup::Services;
@@ -30,7 +31,7 @@ impl From<StoreError> for CreateCustomerError {
     }
 }
 
-pub fn email_aad(user_id: i64) -> Aad {
+pub fn email_aad(user_id: UserId) -> Aad {
     Aad::new("users", "email_enc", user_id)
 }
 
@@ -41,8 +42,8 @@ pub async fn create(
     username: &Username,
     email: &Email,
     password_hash: &str,
-) -> Result<i64, CreateCustomerError> {
-    let id = random_row_id();
+) -> Result<UserId, CreateCustomerError> {
+    let id = UserId::new(random_row_id());
     let email_enc = services.keyring.seal_str(&email_aad(id), email.as_str());
     let email_bidx = services.keyring.blind_index("email", &email.lookup_key());
     let mut tx = services.db.begin_write().await?;

@@ -16,6 +16,7 @@ use serde::Serialize;
 use sqlx::AnyConnection;
 
 use crate::crypto::{Keyring, sha256};
+use crate::domain::UserId;
 use crate::limits::{AUDIT_ANONYMOUS_STREAMS, SCAN_BATCH_ROWS};
 use crate::store::audit::{self as audit_store, AuditHead, AuditRow};
 use crate::store::{Db, StoreError, Tx, WriteTx};
@@ -48,7 +49,7 @@ pub enum AuditEvent {
     },
     Transfer {
         entry_id: i64,
-        to_user_id: i64,
+        to_user_id: UserId,
     },
     Deposit {
         entry_id: i64,
@@ -110,7 +111,7 @@ impl AuditEvent {
 /// Who and where: attached to every event.
 #[derive(Debug, Clone, Default)]
 pub struct AuditContext {
-    pub user_id: Option<i64>,
+    pub user_id: Option<UserId>,
     pub client_ip: Option<IpAddr>,
     pub request_id: Option<String>,
 }
@@ -119,7 +120,7 @@ impl AuditContext {
     pub fn system() -> Self {
         AuditContext::default()
     }
-    pub fn with_user(&self, user_id: i64) -> Self {
+    pub fn with_user(&self, user_id: UserId) -> Self {
         AuditContext {
             user_id: Some(user_id),
             ..self.clone()
@@ -139,7 +140,7 @@ pub struct AuditLine {
     pub id: i64,
     pub time: String,
     pub event: String,
-    pub user_id: Option<i64>,
+    pub user_id: Option<UserId>,
     pub client_ip: Option<String>,
     pub request_id: Option<String>,
     pub detail: serde_json::Value,
@@ -149,7 +150,7 @@ impl From<AuditRow> for AuditLine {
     fn from(row: AuditRow) -> Self {
         AuditLine {
             id: row.id,
-            time: format_time(row.created_at),
+            time: format_time(row.created_at_millis),
             event: row.event,
             user_id: row.user_id,
             client_ip: row.client_ip,
@@ -178,7 +179,7 @@ pub struct AuditLog {
 }
 
 /// The stream of a customer's events.
-pub fn user_stream(user_id: i64) -> String {
+pub fn user_stream(user_id: UserId) -> String {
     format!("u{user_id}")
 }
 
@@ -230,7 +231,7 @@ impl AuditLog {
             b"audit",
             row.stream.as_bytes(),
             &row.seq.to_be_bytes(),
-            &row.created_at.to_be_bytes(),
+            &row.created_at_millis.to_be_bytes(),
             row.event.as_bytes(),
             &user,
             row.client_ip.as_deref().unwrap_or_default().as_bytes(),
@@ -296,7 +297,7 @@ impl AuditLog {
             id: 0,
             stream,
             seq: seq + 1,
-            created_at: crate::now_millis(),
+            created_at_millis: crate::now_millis(),
             event: name,
             user_id: ctx.user_id,
             client_ip: ctx.client_ip.map(|ip| ip.to_string()),
@@ -323,7 +324,7 @@ impl AuditLog {
 
     pub async fn recent_for_user(
         &self,
-        user_id: i64,
+        user_id: UserId,
         n: u32,
     ) -> Result<Vec<AuditLine>, AuditError> {
         let rows = audit_store::recent_for_user(&self.db, user_id, i64::from(n)).await?;

@@ -8,6 +8,7 @@ pub mod totp;
 
 use crate::audit::{AuditContext, AuditEvent};
 use crate::crypto::{Aad, CryptoError};
+use crate::domain::UserId;
 use crate::domain::{Email, Password};
 use crate::startup::Services;
 use crate::store::{StoreError, sessions as session_store, users as user_store};
@@ -52,11 +53,11 @@ impl From<HashError> for AuthError {
     }
 }
 
-pub fn totp_aad(user_id: i64) -> Aad {
+pub fn totp_aad(user_id: UserId) -> Aad {
     Aad::new("users", "totp_secret_enc", user_id)
 }
 
-fn recovery_hash(services: &Services, user_id: i64, code: &str) -> Vec<u8> {
+fn recovery_hash(services: &Services, user_id: UserId, code: &str) -> Vec<u8> {
     let normalised: String = code
         .chars()
         .filter(|c| c.is_ascii_alphanumeric())
@@ -80,7 +81,7 @@ fn new_recovery_code() -> String {
 }
 
 /// The customer's TOTP secret, created on first need (enrollment page).
-pub async fn totp_secret(services: &Services, user_id: i64) -> Result<TotpSecret, AuthError> {
+pub async fn totp_secret(services: &Services, user_id: UserId) -> Result<TotpSecret, AuthError> {
     let user = user_store::auth_by_id(&services.db, user_id)
         .await?
         .ok_or(AuthError::LoginFailed)?;
@@ -106,7 +107,11 @@ pub async fn totp_secret(services: &Services, user_id: i64) -> Result<TotpSecret
 }
 
 /// Checks a six-digit code and spends its step (no replay). A correct code is spent once checked.
-pub async fn check_totp(services: &Services, user_id: i64, code: &str) -> Result<bool, AuthError> {
+pub async fn check_totp(
+    services: &Services,
+    user_id: UserId,
+    code: &str,
+) -> Result<bool, AuthError> {
     match totp_candidate_step(services, user_id, code).await? {
         Some(step) => Ok(user_store::spend_totp_step(&services.db, user_id, step).await?),
         None => Ok(false),
@@ -118,7 +123,7 @@ pub async fn check_totp(services: &Services, user_id: i64, code: &str) -> Result
 /// [`check_totp`]), which also settles a race between two requests with the same code.
 pub async fn totp_candidate_step(
     services: &Services,
-    user_id: i64,
+    user_id: UserId,
     code: &str,
 ) -> Result<Option<i64>, AuthError> {
     if totp::parse_code(code).is_none() {
@@ -139,7 +144,7 @@ pub async fn totp_candidate_step(
 /// [`totp_candidate_step`] from the customer's sealed secret and last step, already read.
 pub fn totp_step_with(
     keyring: &crate::crypto::Keyring,
-    user_id: i64,
+    user_id: UserId,
     code: &str,
     sealed_secret: Option<&[u8]>,
     last_step: i64,
@@ -251,7 +256,7 @@ pub async fn login(
         }
         None => None,
     };
-    let fail = |reason: &'static str, user_id: Option<i64>| async move {
+    let fail = |reason: &'static str, user_id: Option<UserId>| async move {
         session_store::record_ip_login_failure(
             &services.db,
             &ip,
@@ -282,7 +287,7 @@ pub async fn login(
     let Some(user) = user.filter(|u| u.totp_confirmed) else {
         return fail("unknown_email", None).await;
     };
-    if user.locked_until > now {
+    if user.locked_until_millis > now {
         return fail("locked", Some(user.id)).await;
     }
     if password.is_none() || verified == Verified::No {
@@ -323,7 +328,7 @@ pub async fn login(
 async fn spend_recovery_code(
     services: &Services,
     ctx: &AuditContext,
-    user_id: i64,
+    user_id: UserId,
     code: &str,
 ) -> Result<bool, AuthError> {
     let trimmed = code.trim();
@@ -354,7 +359,7 @@ async fn spend_recovery_code(
 async fn record_account_failure(
     services: &Services,
     ctx: &AuditContext,
-    user_id: i64,
+    user_id: UserId,
     lockouts: i64,
 ) -> Result<(), AuthError> {
     let failures = user_store::record_login_failure(&services.db, user_id).await?;

@@ -4,6 +4,7 @@
 
 use crate::audit::{AuditContext, AuditEvent};
 use crate::crypto::{Aad, random_bytes, sha256};
+use crate::domain::UserId;
 use crate::startup::Services;
 use crate::store::StoreError;
 use crate::store::ledger::AccountRow;
@@ -35,7 +36,7 @@ impl Stage {
 #[derive(Debug, Clone)]
 pub struct Session {
     pub id_hash: String,
-    pub user_id: i64,
+    pub user_id: UserId,
     pub stage: Stage,
     pub csrf_token: String,
     pub created_at_millis: i64,
@@ -98,7 +99,7 @@ pub fn recovery_aad(id_hash: &str) -> Aad {
 pub async fn create_in(
     services: &Services,
     tx: &mut crate::store::WriteTx,
-    user_id: i64,
+    user_id: UserId,
     stage: Stage,
     ctx: &AuditContext,
     user_agent: Option<&str>,
@@ -132,7 +133,7 @@ pub async fn create_in(
 
 pub async fn create(
     services: &Services,
-    user_id: i64,
+    user_id: UserId,
     stage: Stage,
     ctx: &AuditContext,
     user_agent: Option<&str>,

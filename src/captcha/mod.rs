@@ -21,6 +21,7 @@ pub use provider::{PROVIDER_VERIFY_TIMEOUT, ProviderKind};
 
 use crate::config::{CaptchaMode, Config, ConfigError};
 use crate::crypto::Keyring;
+use crate::domain::UserId;
 use crate::store::captcha::{self as captcha_store, SpendOutcome};
 use crate::store::{Db, StoreError, Tx};
 
@@ -484,7 +485,7 @@ impl Captcha {
         &self,
         tx: &mut Tx<'_>,
         pending: PendingSpend,
-        user_id: i64,
+        user_id: UserId,
         step: i64,
     ) -> Result<bool, CaptchaError> {
         let (outcome, step_spent) = captcha_store::spend_with_step_in(

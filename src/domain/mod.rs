@@ -14,6 +14,7 @@ macro_rules! display_as_str {
 
 mod email;
 mod idempotency;
+mod ids;
 mod kinds;
 mod money;
 mod password;
@@ -22,6 +23,7 @@ mod username;
 
 pub use email::{Email, EmailError};
 pub use idempotency::{IdempotencyKey, IdempotencyKeyError};
+pub use ids::UserId;
 pub use kinds::{AccountKind, EntryKind, UnknownKind};
 pub use money::{Amount, AmountError, DepositAmount, Money};
 pub use password::{Password, PasswordError};

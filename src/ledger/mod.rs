@@ -18,6 +18,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::audit::{AuditContext, AuditError, AuditEvent, AuditLog};
 use crate::crypto::{Aad, CryptoError, Keyring, random_row_id};
+use crate::domain::UserId;
 use crate::domain::{
     AccountKind, Amount, CardName, DepositAmount, EntryKind, IdempotencyKey, Message, Money,
     Username,
@@ -131,7 +132,7 @@ fn card_name_aad(entry_id: i64) -> Aad {
 pub(crate) struct EntryContent<'a> {
     id: i64,
     kind: EntryKind,
-    initiator_user_id: i64,
+    initiator_user_id: UserId,
     created_at_millis: i64,
     message: Option<&'a str>,
     card_name: Option<&'a str>,
@@ -139,7 +140,7 @@ pub(crate) struct EntryContent<'a> {
 
 impl<'a> EntryContent<'a> {
     /// A new ATM deposit entry, made now by the customer, with a fresh id.
-    fn deposit(initiator_user_id: i64, card_name: &'a CardName) -> Self {
+    fn deposit(initiator_user_id: UserId, card_name: &'a CardName) -> Self {
         EntryContent {
             id: random_row_id(),
             kind: EntryKind::Deposit,
@@ -151,7 +152,7 @@ impl<'a> EntryContent<'a> {
     }
 
     /// A new transfer entry, made now by the sender, with a fresh id.
-    fn transfer(initiator_user_id: i64, message: &'a Message) -> Self {
+    fn transfer(initiator_user_id: UserId, message: &'a Message) -> Self {
         EntryContent {
             id: random_row_id(),
             kind: EntryKind::Transfer,
@@ -213,7 +214,7 @@ impl Ledger {
         ])
     }
 
-    fn new_account_row(&self, id: i64, user_id: Option<i64>, kind: AccountKind) -> AccountRow {
+    fn new_account_row(&self, id: i64, user_id: Option<UserId>, kind: AccountKind) -> AccountRow {
         AccountRow {
             id,
             user_id,
@@ -247,7 +248,7 @@ impl Ledger {
     pub async fn open_customer_account(
         &self,
         tx: &mut WriteTx,
-        user_id: i64,
+        user_id: UserId,
     ) -> Result<i64, LedgerError> {
         let row = self.new_account_row(random_row_id(), Some(user_id), AccountKind::Customer);
         ledger_store::insert_account(tx, &row, crate::now_millis()).await?;
@@ -255,7 +256,7 @@ impl Ledger {
     }
 
     /// The customer's balance: one row read, one field opened.
-    pub async fn balance(&self, user_id: i64) -> Result<Money, LedgerError> {
+    pub async fn balance(&self, user_id: UserId) -> Result<Money, LedgerError> {
         self.balance_with(user_id, None).await
     }
 
@@ -263,7 +264,7 @@ impl Ledger {
     /// session); reads it otherwise.
     pub async fn balance_with(
         &self,
-        user_id: i64,
+        user_id: UserId,
         known: Option<&AccountRow>,
     ) -> Result<Money, LedgerError> {
         match known.filter(|account| account.user_id == Some(user_id)) {
@@ -273,7 +274,7 @@ impl Ledger {
     }
 
     /// The customer's account row, read now.
-    async fn account_of(&self, user_id: i64) -> Result<AccountRow, LedgerError> {
+    async fn account_of(&self, user_id: UserId) -> Result<AccountRow, LedgerError> {
         ledger_store::account_of_user(&self.db, user_id)
             .await?
             .ok_or(LedgerError::NoAccount)
@@ -292,7 +293,7 @@ impl Ledger {
     /// receiver of a transfer (usernames never change hands, so this read may come first).
     pub async fn movement_reads(
         &self,
-        user_id: i64,
+        user_id: UserId,
         key: &IdempotencyKey,
         receiver_key: Option<&str>,
     ) -> Result<ledger_store::MovementReads, LedgerError> {
@@ -305,7 +306,7 @@ impl Ledger {
     pub async fn deposit(
         &self,
         ctx: &AuditContext,
-        user_id: i64,
+        user_id: UserId,
         amount: DepositAmount,
         card_name: &CardName,
         key: &IdempotencyKey,
@@ -321,7 +322,7 @@ impl Ledger {
     pub async fn transfer(
         &self,
         ctx: &AuditContext,
-        user_id: i64,
+        user_id: UserId,
         to: &Username,
         amount: Amount,
         message: &Message,
@@ -340,7 +341,7 @@ impl Ledger {
     async fn move_alone(
         &self,
         ctx: &AuditContext,
-        user_id: i64,
+        user_id: UserId,
         what: Move,
         key: &IdempotencyKey,
     ) -> Result<Outcome, LedgerError> {
@@ -360,7 +361,7 @@ impl Ledger {
 
     /// The customer a transfer to `to` goes to (`None`: no such customer). Usernames never
     /// change hands, so this read may happen before the write transaction.
-    pub async fn receiver(&self, to: &Username) -> Result<Option<i64>, LedgerError> {
+    pub async fn receiver(&self, to: &Username) -> Result<Option<UserId>, LedgerError> {
         let mut conn = self.db.pool().acquire().await.map_err(StoreError::from)?;
         Ok(
             user_store::id_by_username_key_in(&mut conn, &to.lookup_key())
@@ -377,7 +378,7 @@ impl Ledger {
         &self,
         tx: &mut Tx<'_>,
         ctx: &AuditContext,
-        user_id: i64,
+        user_id: UserId,
         what: &Move,
         key: &IdempotencyKey,
     ) -> Result<Outcome, LedgerError> {
@@ -432,7 +433,7 @@ impl Ledger {
     /// What a deposit writes, once its accounts are locked.
     fn plan_deposit(
         &self,
-        user_id: i64,
+        user_id: UserId,
         locked: ledger_store::Locked,
         amount: DepositAmount,
         card_name: &CardName,
@@ -455,8 +456,8 @@ impl Ledger {
     /// What a transfer writes, once its accounts are locked.
     fn plan_transfer(
         &self,
-        user_id: i64,
-        to_user_id: i64,
+        user_id: UserId,
+        to_user_id: UserId,
         locked: ledger_store::Locked,
         amount: Amount,
         message: &Message,
@@ -586,7 +587,7 @@ impl Ledger {
     pub async fn seed_deposits(
         &self,
         ctx: &AuditContext,
-        user_id: i64,
+        user_id: UserId,
         amounts: &[DepositAmount],
         card_name: &CardName,
     ) -> Result<u64, LedgerError> {
@@ -621,7 +622,7 @@ impl Ledger {
     /// rows of that page, through the `(account_id, seq)` key.
     pub async fn history(
         &self,
-        user_id: i64,
+        user_id: UserId,
         page: u32,
         rows_per_page: u32,
     ) -> Result<HistoryPage, LedgerError> {
@@ -632,7 +633,7 @@ impl Ledger {
     /// the session: one read less); reads it otherwise.
     pub async fn history_with(
         &self,
-        user_id: i64,
+        user_id: UserId,
         known: Option<AccountRow>,
         page: u32,
         rows_per_page: u32,
@@ -713,7 +714,7 @@ impl Ledger {
     /// The customer's side of one entry (a receipt), if the entry touched their account.
     pub async fn movement(
         &self,
-        user_id: i64,
+        user_id: UserId,
         entry_id: i64,
     ) -> Result<Option<MovementView>, LedgerError> {
         let Some(account) = ledger_store::account_of_user(&self.db, user_id).await? else {
@@ -760,7 +761,7 @@ impl Ledger {
 pub enum Move {
     /// To the customer `receiver` (`None`: no customer has the username given).
     Transfer {
-        receiver: Option<i64>,
+        receiver: Option<UserId>,
         amount: Amount,
         message: Message,
     },
@@ -775,7 +776,7 @@ pub enum Move {
 struct MoveWork {
     ledger: Ledger,
     ctx: AuditContext,
-    user_id: i64,
+    user_id: UserId,
     what: Move,
     key: IdempotencyKey,
     outcome: Option<Result<Outcome, LedgerError>>,
@@ -797,7 +798,7 @@ impl TxWork for MoveWork {
 }
 
 /// A movement's receiver: known, and not the sender.
-fn transfer_receiver(user_id: i64, receiver: Option<i64>) -> Result<i64, LedgerError> {
+fn transfer_receiver(user_id: UserId, receiver: Option<UserId>) -> Result<UserId, LedgerError> {
     let to_user_id = receiver.ok_or(LedgerError::UnknownReceiver)?;
     if to_user_id == user_id {
         return Err(LedgerError::SelfTransfer);

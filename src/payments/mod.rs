@@ -14,6 +14,7 @@ use crate::audit::{AuditContext, AuditEvent, AuditLog};
 use crate::auth::totp_step_with;
 use crate::captcha::{CaptchaError, PendingSpend};
 use crate::crypto::Keyring;
+use crate::domain::UserId;
 use crate::domain::{Amount, CardName, DepositAmount, IdempotencyKey, Message, Username};
 use crate::ledger::{Ledger, LedgerError, Move};
 use crate::store::{Db, StoreError, Tx, TxWork, Verdict};
@@ -167,12 +168,12 @@ impl Payments {
 
     /// Issues an idempotency key for this customer: `random.mac`, so a key cannot be forged or
     /// borrowed from another customer.
-    pub fn issue_key(&self, customer: i64) -> String {
+    pub fn issue_key(&self, customer: UserId) -> String {
         let random = hex::encode(crate::crypto::random_bytes::<16>());
         format!("{random}.{}", self.key_mac(customer, &random))
     }
 
-    fn key_mac(&self, customer: i64, random: &str) -> String {
+    fn key_mac(&self, customer: UserId, random: &str) -> String {
         let mac = self.keyring.mac(&[
             b"idempotency-key",
             &customer.to_be_bytes(),
@@ -182,7 +183,7 @@ impl Payments {
     }
 
     /// The key, if it is well-formed and was issued to this customer.
-    pub fn accept_key(&self, customer: i64, raw: &str) -> Option<IdempotencyKey> {
+    pub fn accept_key(&self, customer: UserId, raw: &str) -> Option<IdempotencyKey> {
         let key = IdempotencyKey::parse(raw).ok()?;
         let (random, mac) = raw.split_once('.')?;
         crate::crypto::constant_time_eq(self.key_mac(customer, random).as_bytes(), mac.as_bytes())
@@ -195,7 +196,7 @@ impl Payments {
     /// customer's code state, and the receiver of a transfer (usernames never change hands).
     pub async fn prepare(
         &self,
-        customer: i64,
+        customer: UserId,
         key: IdempotencyKey,
         receiver: Option<&Username>,
     ) -> Result<Prepared, PaymentError> {
@@ -214,7 +215,7 @@ impl Payments {
     pub async fn execute(
         &self,
         ctx: &AuditContext,
-        customer: i64,
+        customer: UserId,
         own_username: &str,
         ready: Ready,
         command: Command,
@@ -279,7 +280,7 @@ struct MovementWork {
     payments: Payments,
     ctx: AuditContext,
     kind: Kind,
-    customer: i64,
+    customer: UserId,
     captcha: Option<PendingSpend>,
     step: Option<i64>,
     own_username_ok: bool,

@@ -1,18 +1,20 @@
 //! SQL for the audit log: append-only events, chained per stream, with one head row per stream.
 
-use sqlx::{AnyConnection, Row};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, FromRow, Row};
 
 use super::group::{Param, SyncTx, opt_int, opt_text};
 use super::{Db, Engine, StoreError, Tx, WriteTx};
+use crate::domain::UserId;
 
 #[derive(Debug, Clone)]
 pub struct AuditRow {
     pub id: i64,
     pub stream: String,
     pub seq: i64,
-    pub created_at: i64,
+    pub created_at_millis: i64,
     pub event: String,
-    pub user_id: Option<i64>,
+    pub user_id: Option<UserId>,
     pub client_ip: Option<String>,
     pub request_id: Option<String>,
     pub detail: String,
@@ -20,33 +22,22 @@ pub struct AuditRow {
     pub mac: Vec<u8>,
 }
 
-type AuditTuple = (
-    i64,
-    String,
-    i64,
-    i64,
-    String,
-    Option<i64>,
-    Option<String>,
-    Option<String>,
-    String,
-    Vec<u8>,
-    Vec<u8>,
-);
-
-fn row(t: AuditTuple) -> AuditRow {
-    AuditRow {
-        id: t.0,
-        stream: t.1,
-        seq: t.2,
-        created_at: t.3,
-        event: t.4,
-        user_id: t.5,
-        client_ip: t.6,
-        request_id: t.7,
-        detail: t.8,
-        prev_mac: t.9,
-        mac: t.10,
+impl FromRow<'_, AnyRow> for AuditRow {
+    /// Reads the columns of [`COLUMNS`] by name.
+    fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(AuditRow {
+            id: r.try_get("id")?,
+            stream: r.try_get("stream")?,
+            seq: r.try_get("seq")?,
+            created_at_millis: r.try_get("created_at")?,
+            event: r.try_get("event")?,
+            user_id: r.try_get("user_id")?,
+            client_ip: r.try_get("client_ip")?,
+            request_id: r.try_get("request_id")?,
+            detail: r.try_get("detail")?,
+            prev_mac: r.try_get("prev_mac")?,
+            mac: r.try_get("mac")?,
+        })
     }
 }
 
@@ -127,7 +118,7 @@ async fn append_sqlx(tx: &mut WriteTx, event: &AuditRow) -> Result<(), StoreErro
     let query = sqlx::query(sql)
         .bind(&event.stream)
         .bind(event.seq)
-        .bind(event.created_at)
+        .bind(event.created_at_millis)
         .bind(&event.event)
         .bind(event.user_id)
         .bind(event.client_ip.as_deref())
@@ -177,9 +168,9 @@ fn append_batch(tx: &SyncTx<'_>, event: &AuditRow) -> Result<(), StoreError> {
     let params = [
         Param::Text(event.stream.as_bytes()),
         Param::Integer(event.seq),
-        Param::Integer(event.created_at),
+        Param::Integer(event.created_at_millis),
         Param::Text(event.event.as_bytes()),
-        opt_int(event.user_id),
+        opt_int(event.user_id.map(UserId::get)),
         opt_text(event.client_ip.as_deref()),
         opt_text(event.request_id.as_deref()),
         Param::Text(event.detail.as_bytes()),
@@ -202,8 +193,7 @@ pub async fn tail(db: &Db, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
     let sql = sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM audit_events ORDER BY id DESC LIMIT $1"
     ));
-    let rows: Vec<AuditTuple> = sqlx::query_as(sql).bind(limit).fetch_all(db.pool()).await?;
-    let mut rows: Vec<AuditRow> = rows.into_iter().map(row).collect();
+    let mut rows: Vec<AuditRow> = sqlx::query_as(sql).bind(limit).fetch_all(db.pool()).await?;
     rows.reverse();
     Ok(rows)
 }
@@ -211,18 +201,18 @@ pub async fn tail(db: &Db, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
 /// The newest `limit` events of one user, newest first (settings page).
 pub async fn recent_for_user(
     db: &Db,
-    user_id: i64,
+    user_id: UserId,
     limit: i64,
 ) -> Result<Vec<AuditRow>, StoreError> {
     let sql = sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM audit_events WHERE user_id = $1 ORDER BY id DESC LIMIT $2"
     ));
-    let rows: Vec<AuditTuple> = sqlx::query_as(sql)
+    let rows: Vec<AuditRow> = sqlx::query_as(sql)
         .bind(user_id)
         .bind(limit)
         .fetch_all(db.pool())
         .await?;
-    Ok(rows.into_iter().map(row).collect())
+    Ok(rows)
 }
 
 /// Stream heads after `after` in name order (for `verify`).
@@ -251,13 +241,13 @@ pub async fn stream_after(
     let sql = sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM audit_events WHERE stream = $1 AND seq > $2 ORDER BY seq LIMIT $3"
     ));
-    let rows: Vec<AuditTuple> = sqlx::query_as(sql)
+    let rows: Vec<AuditRow> = sqlx::query_as(sql)
         .bind(stream)
         .bind(after_seq)
         .bind(limit)
         .fetch_all(&mut *conn)
         .await?;
-    Ok(rows.into_iter().map(row).collect())
+    Ok(rows)
 }
 
 /// Streams that have events but no head row (a deleted head is tampering).

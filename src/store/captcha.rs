@@ -5,6 +5,7 @@
 
 use super::group::{Param, SyncTx};
 use super::{Db, Engine, StoreError, Tx, WriteTx};
+use crate::domain::UserId;
 
 macro_rules! spend_sql {
     () => {
@@ -91,7 +92,7 @@ pub async fn spend_with_step_in(
     tx: &mut Tx<'_>,
     challenge_hash: &[u8],
     expires_at: i64,
-    user_id: i64,
+    user_id: UserId,
     step: i64,
 ) -> Result<(SpendOutcome, bool), StoreError> {
     match tx {
@@ -104,7 +105,7 @@ async fn spend_with_step_sqlx(
     tx: &mut WriteTx,
     challenge_hash: &[u8],
     expires_at: i64,
-    user_id: i64,
+    user_id: UserId,
     step: i64,
 ) -> Result<(SpendOutcome, bool), StoreError> {
     if tx.engine() == Engine::Postgres {
@@ -169,14 +170,14 @@ fn spend_with_step_batch(
     tx: &SyncTx<'_>,
     challenge_hash: &[u8],
     expires_at: i64,
-    user_id: i64,
+    user_id: UserId,
     step: i64,
 ) -> Result<(SpendOutcome, bool), StoreError> {
     let params = [
         Param::Blob(challenge_hash),
         Param::Integer(expires_at),
         Param::Integer(step),
-        Param::Integer(user_id),
+        Param::Integer(user_id.get()),
     ];
     spend_with_step_outcome(tx.execute(&[STEP_IF_NEW_SQLITE, SPEND], &params)?)
 }

@@ -7,6 +7,7 @@ use sqlx::{Any, AnyConnection, FromRow, Row};
 use super::audit::AuditHead;
 use super::group::{Param, SyncTx, opt_blob, opt_int};
 use super::{Db, Engine, StoreError, Tx, WriteTx};
+use crate::domain::UserId;
 use crate::domain::{AccountKind, EntryKind, UnknownKind};
 
 pub const CASH_ACCOUNT_ID: i64 = 1;
@@ -14,7 +15,7 @@ pub const CASH_ACCOUNT_ID: i64 = 1;
 #[derive(Debug, Clone)]
 pub struct AccountRow {
     pub id: i64,
-    pub user_id: Option<i64>,
+    pub user_id: Option<UserId>,
     pub kind: AccountKind,
     pub balance_enc: Vec<u8>,
     pub seq: i64,
@@ -72,7 +73,7 @@ pub(super) fn kind_column<K>(
 pub struct EntryRow {
     pub id: i64,
     pub kind: EntryKind,
-    pub initiator_user_id: i64,
+    pub initiator_user_id: UserId,
     pub created_at_millis: i64,
     pub message_enc: Option<Vec<u8>>,
     pub card_name_enc: Option<Vec<u8>>,
@@ -317,7 +318,7 @@ fn lock_pair_batch(
     let params = [
         Param::Integer(a),
         Param::Integer(b),
-        Param::Integer(key.user_id),
+        Param::Integer(key.user_id.get()),
         Param::Text(key.key.as_bytes()),
         Param::Text(key.audit_stream.as_bytes()),
     ];
@@ -390,11 +391,11 @@ macro_rules! lock_sql {
 /// Locks the accounts of `user_a` and `user_b` (see [`lock_pair`]).
 pub async fn lock_accounts_of_users(
     tx: &mut Tx<'_>,
-    user_a: i64,
-    user_b: i64,
+    user_a: UserId,
+    user_b: UserId,
     key: Option<CustomerKey<'_>>,
 ) -> Result<Locked, StoreError> {
-    lock_pair(tx, &LOCK_USERS, user_a, user_b, key).await
+    lock_pair(tx, &LOCK_USERS, user_a.get(), user_b.get(), key).await
 }
 
 const LOCK_USERS: LockSql = lock_sql!("user_id IN ($1, $2)");
@@ -404,15 +405,15 @@ const LOCK_ACCOUNT_AND_USER: LockSql = lock_sql!("id = $1 OR user_id = $2");
 pub async fn lock_account_and_user(
     tx: &mut Tx<'_>,
     id: i64,
-    user_id: i64,
+    user_id: UserId,
     key: Option<CustomerKey<'_>>,
 ) -> Result<Locked, StoreError> {
-    lock_pair(tx, &LOCK_ACCOUNT_AND_USER, id, user_id, key).await
+    lock_pair(tx, &LOCK_ACCOUNT_AND_USER, id, user_id.get(), key).await
 }
 
 pub async fn account_id_of_user(
     conn: &mut AnyConnection,
-    user_id: i64,
+    user_id: UserId,
 ) -> Result<Option<i64>, StoreError> {
     let row: Option<(i64,)> = sqlx::query_as("SELECT id FROM accounts WHERE user_id = $1")
         .bind(user_id)
@@ -421,7 +422,7 @@ pub async fn account_id_of_user(
     Ok(row.map(|(id,)| id))
 }
 
-pub async fn account_of_user(db: &Db, user_id: i64) -> Result<Option<AccountRow>, StoreError> {
+pub async fn account_of_user(db: &Db, user_id: UserId) -> Result<Option<AccountRow>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT id, user_id, kind, balance_enc, seq, head_mac FROM accounts WHERE user_id = $1",
     )
@@ -494,14 +495,14 @@ pub struct AccountHead<'a> {
 /// reads that stream's head too.
 #[derive(Debug, Clone, Copy)]
 pub struct CustomerKey<'a> {
-    pub user_id: i64,
+    pub user_id: UserId,
     pub key: &'a str,
     pub audit_stream: &'a str,
 }
 
 impl<'a> CustomerKey<'a> {
     pub fn new(
-        user_id: i64,
+        user_id: UserId,
         key: &'a crate::domain::IdempotencyKey,
         audit_stream: &'a str,
     ) -> Self {
@@ -673,7 +674,7 @@ fn write_entry_batch(
     params.extend([
         Param::Integer(entry.id),
         Param::Text(entry.kind.as_str().as_bytes()),
-        Param::Integer(entry.initiator_user_id),
+        Param::Integer(entry.initiator_user_id.get()),
         Param::Integer(entry.created_at_millis),
         opt_blob(entry.message_enc.as_deref()),
         opt_blob(entry.card_name_enc.as_deref()),
@@ -701,7 +702,10 @@ fn write_entry_batch(
     }
     let statements: &[&str] = match &key {
         Some(key) => {
-            params.extend([Param::Integer(key.user_id), Param::Text(key.key.as_bytes())]);
+            params.extend([
+                Param::Integer(key.user_id.get()),
+                Param::Text(key.key.as_bytes()),
+            ]);
             &[
                 insert_entry_sql!(),
                 insert_postings_sql!(),
@@ -735,16 +739,16 @@ pub struct MovementReads {
     pub totp_secret_enc: Option<Vec<u8>>,
     pub totp_last_step: i64,
     pub replayed: Option<i64>,
-    pub receiver: Option<i64>,
+    pub receiver: Option<UserId>,
 }
 
 pub async fn movement_reads(
     db: &Db,
-    user_id: i64,
+    user_id: UserId,
     key: &str,
     receiver_key: Option<&str>,
 ) -> Result<Option<MovementReads>, StoreError> {
-    type Tuple = (Option<Vec<u8>>, i64, Option<i64>, Option<i64>);
+    type Tuple = (Option<Vec<u8>>, i64, Option<i64>, Option<UserId>);
     let row: Option<Tuple> = sqlx::query_as(
         "SELECT u.totp_secret_enc, u.totp_last_step, \
          (SELECT entry_id FROM idempotency_keys WHERE user_id = $1 AND key = $2), \
@@ -769,7 +773,7 @@ pub async fn movement_reads(
 /// The entry a customer's idempotency key already produced, if any.
 pub async fn idempotent_entry(
     conn: &mut AnyConnection,
-    user_id: i64,
+    user_id: UserId,
     key: &str,
 ) -> Result<Option<i64>, StoreError> {
     let row: Option<(i64,)> =

@@ -16,6 +16,7 @@
 pub mod audit;
 pub mod captcha;
 pub mod group;
+mod ids;
 pub mod keys;
 pub mod ledger;
 pub mod sealed;

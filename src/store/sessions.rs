@@ -7,11 +7,12 @@ use super::group::Param;
 use super::ledger::AccountRow;
 use super::{Db, StoreError, Tx, TxWork, Verdict, WriteTx};
 use crate::domain::AccountKind;
+use crate::domain::UserId;
 
 #[derive(Debug, Clone)]
 pub struct SessionRow {
     pub id_hash: String,
-    pub user_id: i64,
+    pub user_id: UserId,
     pub stage: String,
     pub csrf_token: String,
     pub created_at_millis: i64,
@@ -195,7 +196,11 @@ pub async fn delete_in(tx: &mut WriteTx, id_hash: &str) -> Result<(), StoreError
 }
 
 /// Ends every session of `user_id` except `keep`; returns how many ended.
-pub async fn delete_others(tx: &mut WriteTx, user_id: i64, keep: &str) -> Result<u64, StoreError> {
+pub async fn delete_others(
+    tx: &mut WriteTx,
+    user_id: UserId,
+    keep: &str,
+) -> Result<u64, StoreError> {
     Ok(
         sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id_hash <> $2")
             .bind(user_id)
@@ -206,7 +211,7 @@ pub async fn delete_others(tx: &mut WriteTx, user_id: i64, keep: &str) -> Result
     )
 }
 
-pub async fn list_for_user(db: &Db, user_id: i64) -> Result<Vec<SessionRow>, StoreError> {
+pub async fn list_for_user(db: &Db, user_id: UserId) -> Result<Vec<SessionRow>, StoreError> {
     let sql = sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM sessions WHERE user_id = $1 ORDER BY created_at DESC"
     ));
@@ -245,7 +250,7 @@ pub async fn set_flash(db: &Db, id_hash: &str, flash: Option<&str>) -> Result<()
 
 pub async fn insert_recovery_codes(
     tx: &mut WriteTx,
-    user_id: i64,
+    user_id: UserId,
     hashes: &[Vec<u8>],
 ) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
@@ -265,7 +270,7 @@ pub async fn insert_recovery_codes(
 /// Marks a recovery code used; `true` only for the first use (atomic).
 pub async fn spend_recovery_code(
     db: &Db,
-    user_id: i64,
+    user_id: UserId,
     hash: &[u8],
     now: i64,
 ) -> Result<bool, StoreError> {
@@ -281,7 +286,7 @@ pub async fn spend_recovery_code(
     Ok(n == 1)
 }
 
-pub async fn recovery_codes_left(db: &Db, user_id: i64) -> Result<i64, StoreError> {
+pub async fn recovery_codes_left(db: &Db, user_id: UserId) -> Result<i64, StoreError> {
     let (n,): (i64,) = sqlx::query_as(
         "SELECT COUNT(*) FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL",
     )

@@ -1,10 +1,14 @@
 //! SQL for customers (`users`).
 
+use sqlx::any::AnyRow;
+use sqlx::{FromRow, Row};
+
 use super::group::Param;
 use super::{Db, StoreError, Tx, WriteTx};
+use crate::domain::UserId;
 
 pub struct NewUser<'a> {
-    pub id: i64,
+    pub id: UserId,
     pub username: &'a str,
     pub username_key: &'a str,
     pub email_enc: &'a [u8],
@@ -46,8 +50,8 @@ pub async fn insert(tx: &mut WriteTx, user: &NewUser<'_>) -> Result<(), StoreErr
 pub async fn id_by_username_key(
     db: &Db,
     username_key: &str,
-) -> Result<Option<(i64, String)>, StoreError> {
-    let row: Option<(i64, String)> =
+) -> Result<Option<(UserId, String)>, StoreError> {
+    let row: Option<(UserId, String)> =
         sqlx::query_as("SELECT id, username FROM users WHERE username_key = $1")
             .bind(username_key)
             .fetch_optional(db.pool())
@@ -55,7 +59,7 @@ pub async fn id_by_username_key(
     Ok(row)
 }
 
-pub async fn username_of(db: &Db, user_id: i64) -> Result<Option<String>, StoreError> {
+pub async fn username_of(db: &Db, user_id: UserId) -> Result<Option<String>, StoreError> {
     let row: Option<(String,)> = sqlx::query_as("SELECT username FROM users WHERE id = $1")
         .bind(user_id)
         .fetch_optional(db.pool())
@@ -73,8 +77,8 @@ pub async fn count(db: &Db) -> Result<i64, StoreError> {
 pub async fn id_by_username_key_in(
     conn: &mut sqlx::AnyConnection,
     username_key: &str,
-) -> Result<Option<(i64, String)>, StoreError> {
-    let row: Option<(i64, String)> =
+) -> Result<Option<(UserId, String)>, StoreError> {
+    let row: Option<(UserId, String)> =
         sqlx::query_as("SELECT id, username FROM users WHERE username_key = $1")
             .bind(username_key)
             .fetch_optional(conn)
@@ -85,40 +89,31 @@ pub async fn id_by_username_key_in(
 /// What login and the second factor need to know about a customer.
 #[derive(Debug, Clone)]
 pub struct UserAuthRow {
-    pub id: i64,
+    pub id: UserId,
     pub username: String,
     pub password_hash: String,
     pub totp_secret_enc: Option<Vec<u8>>,
     pub totp_confirmed: bool,
     pub totp_last_step: i64,
     pub failed_logins: i64,
-    pub locked_until: i64,
+    pub locked_until_millis: i64,
     pub lockouts: i64,
 }
 
-type UserAuthTuple = (
-    i64,
-    String,
-    String,
-    Option<Vec<u8>>,
-    i64,
-    i64,
-    i64,
-    i64,
-    i64,
-);
-
-fn auth_row(t: UserAuthTuple) -> UserAuthRow {
-    UserAuthRow {
-        id: t.0,
-        username: t.1,
-        password_hash: t.2,
-        totp_secret_enc: t.3,
-        totp_confirmed: t.4 != 0,
-        totp_last_step: t.5,
-        failed_logins: t.6,
-        locked_until: t.7,
-        lockouts: t.8,
+impl FromRow<'_, AnyRow> for UserAuthRow {
+    /// Reads the columns of [`AUTH_COLUMNS`] by name.
+    fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(UserAuthRow {
+            id: r.try_get("id")?,
+            username: r.try_get("username")?,
+            password_hash: r.try_get("password_hash")?,
+            totp_secret_enc: r.try_get("totp_secret_enc")?,
+            totp_confirmed: r.try_get::<i64, _>("totp_confirmed")? != 0,
+            totp_last_step: r.try_get("totp_last_step")?,
+            failed_logins: r.try_get("failed_logins")?,
+            locked_until_millis: r.try_get("locked_until")?,
+            lockouts: r.try_get("lockouts")?,
+        })
     }
 }
 
@@ -131,23 +126,23 @@ pub async fn auth_by_email_bidx(
     let sql = sqlx::AssertSqlSafe(format!(
         "SELECT {AUTH_COLUMNS} FROM users WHERE email_bidx = $1"
     ));
-    let row: Option<UserAuthTuple> = sqlx::query_as(sql)
+    let row: Option<UserAuthRow> = sqlx::query_as(sql)
         .bind(email_bidx)
         .fetch_optional(db.pool())
         .await?;
-    Ok(row.map(auth_row))
+    Ok(row)
 }
 
-pub async fn auth_by_id(db: &Db, user_id: i64) -> Result<Option<UserAuthRow>, StoreError> {
+pub async fn auth_by_id(db: &Db, user_id: UserId) -> Result<Option<UserAuthRow>, StoreError> {
     let sql = sqlx::AssertSqlSafe(format!("SELECT {AUTH_COLUMNS} FROM users WHERE id = $1"));
-    let row: Option<UserAuthTuple> = sqlx::query_as(sql)
+    let row: Option<UserAuthRow> = sqlx::query_as(sql)
         .bind(user_id)
         .fetch_optional(db.pool())
         .await?;
-    Ok(row.map(auth_row))
+    Ok(row)
 }
 
-pub async fn email_enc(db: &Db, user_id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+pub async fn email_enc(db: &Db, user_id: UserId) -> Result<Option<Vec<u8>>, StoreError> {
     let row: Option<(Vec<u8>,)> = sqlx::query_as("SELECT email_enc FROM users WHERE id = $1")
         .bind(user_id)
         .fetch_optional(db.pool())
@@ -155,7 +150,11 @@ pub async fn email_enc(db: &Db, user_id: i64) -> Result<Option<Vec<u8>>, StoreEr
     Ok(row.map(|(e,)| e))
 }
 
-pub async fn set_totp_secret(db: &Db, user_id: i64, secret_enc: &[u8]) -> Result<(), StoreError> {
+pub async fn set_totp_secret(
+    db: &Db,
+    user_id: UserId,
+    secret_enc: &[u8],
+) -> Result<(), StoreError> {
     let mut tx = db.begin_write().await?;
     sqlx::query("UPDATE users SET totp_secret_enc = $1 WHERE id = $2 AND totp_confirmed = 0")
         .bind(secret_enc)
@@ -167,7 +166,7 @@ pub async fn set_totp_secret(db: &Db, user_id: i64, secret_enc: &[u8]) -> Result
 
 /// Spends a one-time-code step: succeeds only if `step` is greater than the last accepted step
 /// (atomic: of two concurrent requests with the same code, one wins).
-pub async fn spend_totp_step(db: &Db, user_id: i64, step: i64) -> Result<bool, StoreError> {
+pub async fn spend_totp_step(db: &Db, user_id: UserId, step: i64) -> Result<bool, StoreError> {
     let mut tx = db.begin_write().await?;
     let spent = spend_totp_step_in(&mut Tx::Sqlx(&mut tx), user_id, step).await?;
     tx.commit().await?;
@@ -178,7 +177,7 @@ pub async fn spend_totp_step(db: &Db, user_id: i64, step: i64) -> Result<bool, S
 /// last; `false` when it is not (a replay, or a concurrent request with the same code won).
 pub async fn spend_totp_step_in(
     tx: &mut Tx<'_>,
-    user_id: i64,
+    user_id: UserId,
     step: i64,
 ) -> Result<bool, StoreError> {
     let updated = match tx {
@@ -189,7 +188,7 @@ pub async fn spend_totp_step_in(
             .await?
             .rows_affected(),
         Tx::Batch(tx) => {
-            let params = [Param::Integer(step), Param::Integer(user_id)];
+            let params = [Param::Integer(step), Param::Integer(user_id.get())];
             tx.execute(&[SPEND_TOTP_STEP], &params)? as u64
         }
     };
@@ -199,7 +198,7 @@ pub async fn spend_totp_step_in(
 const SPEND_TOTP_STEP: &str =
     "UPDATE users SET totp_last_step = $1 WHERE id = $2 AND totp_last_step < $1";
 
-pub async fn confirm_totp(tx: &mut WriteTx, user_id: i64) -> Result<(), StoreError> {
+pub async fn confirm_totp(tx: &mut WriteTx, user_id: UserId) -> Result<(), StoreError> {
     sqlx::query("UPDATE users SET totp_confirmed = 1 WHERE id = $1")
         .bind(user_id)
         .execute(tx.conn())
@@ -208,7 +207,7 @@ pub async fn confirm_totp(tx: &mut WriteTx, user_id: i64) -> Result<(), StoreErr
 }
 
 /// Records a failed login; returns the new consecutive-failure count.
-pub async fn record_login_failure(db: &Db, user_id: i64) -> Result<i64, StoreError> {
+pub async fn record_login_failure(db: &Db, user_id: UserId) -> Result<i64, StoreError> {
     let mut tx = db.begin_write().await?;
     let (count,): (i64,) = sqlx::query_as(
         "UPDATE users SET failed_logins = failed_logins + 1 WHERE id = $1 RETURNING failed_logins",
@@ -221,7 +220,7 @@ pub async fn record_login_failure(db: &Db, user_id: i64) -> Result<i64, StoreErr
 }
 
 /// Locks the account until `until` (ms) and starts a new failure count; returns the lockout number.
-pub async fn lock_account(db: &Db, user_id: i64, until: i64) -> Result<i64, StoreError> {
+pub async fn lock_account(db: &Db, user_id: UserId, until: i64) -> Result<i64, StoreError> {
     let mut tx = db.begin_write().await?;
     let (lockouts,): (i64,) = sqlx::query_as(
         "UPDATE users SET locked_until = $1, failed_logins = 0, lockouts = lockouts + 1 WHERE id = $2 RETURNING lockouts",
@@ -234,7 +233,7 @@ pub async fn lock_account(db: &Db, user_id: i64, until: i64) -> Result<i64, Stor
     Ok(lockouts)
 }
 
-pub async fn record_login_success(db: &Db, user_id: i64) -> Result<(), StoreError> {
+pub async fn record_login_success(db: &Db, user_id: UserId) -> Result<(), StoreError> {
     let mut tx = db.begin_write().await?;
     sqlx::query("UPDATE users SET failed_logins = 0, lockouts = 0 WHERE id = $1")
         .bind(user_id)
@@ -245,7 +244,7 @@ pub async fn record_login_success(db: &Db, user_id: i64) -> Result<(), StoreErro
 
 pub async fn set_password_hash(
     tx: &mut WriteTx,
-    user_id: i64,
+    user_id: UserId,
     hash: &str,
 ) -> Result<(), StoreError> {
     sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")

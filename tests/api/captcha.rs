@@ -919,7 +919,7 @@ async fn a_replayed_challenge_spends_no_code_step() {
 struct StepWork {
     hash: [u8; 32],
     expires: i64,
-    user: i64,
+    user: alphabank::domain::UserId,
     step: i64,
     spent: Option<(alphabank::store::captcha::SpendOutcome, bool)>,
 }

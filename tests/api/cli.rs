@@ -117,7 +117,7 @@ async fn audit_tail_prints_json_lines_without_secrets() {
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["event"], "signup");
     assert_eq!(lines[1]["event"], "deposit");
-    assert_eq!(lines[1]["user_id"], alice);
+    assert_eq!(lines[1]["user_id"], alice.get());
     assert!(lines[1]["time"].as_str().unwrap().ends_with('Z'));
     // Amounts are sealed in the journal; the audit detail names only the entry.
     let detail = lines[1]["detail"].as_object().unwrap();

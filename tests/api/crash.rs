@@ -85,10 +85,12 @@ async fn crash_child_deposit_stream() {
     let Ok(encoded) = std::env::var("ALPHABANK_CRASH_CHILD_ENV") else {
         return;
     };
-    let user: i64 = std::env::var("ALPHABANK_CRASH_CHILD_USER")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let user = alphabank::domain::UserId::new(
+        std::env::var("ALPHABANK_CRASH_CHILD_USER")
+            .unwrap()
+            .parse()
+            .unwrap(),
+    );
     let env: Vec<(String, String)> = encoded
         .lines()
         .filter_map(|l| {

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use alphabank::audit::AuditContext;
 use alphabank::config::Config;
-use alphabank::domain::{CardName, DepositAmount, Email, IdempotencyKey, Username};
+use alphabank::domain::{CardName, DepositAmount, Email, IdempotencyKey, UserId, Username};
 use alphabank::startup::{Application, Services, ShutdownHandle, open_services};
 use alphabank::store::TxWork;
 use sqlx::Connection;
@@ -155,7 +155,7 @@ pub fn key() -> IdempotencyKey {
 }
 
 /// Creates a customer directly through the service (the password hash is opaque here).
-pub async fn customer(services: &Services, username: &str) -> i64 {
+pub async fn customer(services: &Services, username: &str) -> UserId {
     alphabank::customers::create(
         services,
         &ctx(),
@@ -167,7 +167,7 @@ pub async fn customer(services: &Services, username: &str) -> i64 {
     .expect("customer created")
 }
 
-pub async fn deposit(services: &Services, user_id: i64, kroner: &str) -> i64 {
+pub async fn deposit(services: &Services, user_id: UserId, kroner: &str) -> i64 {
     services
         .ledger
         .deposit(
@@ -182,7 +182,7 @@ pub async fn deposit(services: &Services, user_id: i64, kroner: &str) -> i64 {
         .entry_id()
 }
 
-pub async fn balance_minor(services: &Services, user_id: i64) -> i64 {
+pub async fn balance_minor(services: &Services, user_id: UserId) -> i64 {
     services
         .ledger
         .balance(user_id)
@@ -539,12 +539,12 @@ impl Customer {
             .unwrap()
     }
 
-    pub async fn user_id(&self, services: &Services) -> i64 {
+    pub async fn user_id(&self, services: &Services) -> UserId {
         let (id,): (i64,) = sqlx::query_as("SELECT id FROM users WHERE username_key = $1")
             .bind(self.username.to_ascii_lowercase())
             .fetch_one(services.db.pool())
             .await
             .unwrap();
-        id
+        UserId::new(id)
     }
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use alphabank::domain::{Amount, CardName, DepositAmount, Message, Username};
+use alphabank::domain::{Amount, CardName, DepositAmount, Message, UserId, Username};
 use alphabank::ledger::{LedgerError, Outcome};
 use proptest::prelude::*;
 
@@ -185,7 +185,12 @@ async fn a_forms_reads_before_its_transaction_name_the_receiver_the_replay_and_t
     let bobs = s.ledger.movement_reads(bob, &k, None).await.unwrap();
     assert_eq!((bobs.replayed, bobs.receiver), (None, None));
     // A customer that does not exist is an error, not an empty answer.
-    assert!(s.ledger.movement_reads(i64::MAX, &k, None).await.is_err());
+    assert!(
+        s.ledger
+            .movement_reads(UserId::new(i64::MAX), &k, None)
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]

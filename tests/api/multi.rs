@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use alphabank::config::Config;
-use alphabank::domain::{Amount, Message, Username};
+use alphabank::domain::{Amount, Message, UserId, Username};
 use alphabank::startup::{Application, Services, ShutdownHandle};
 
 use crate::helpers::{
@@ -451,7 +451,7 @@ async fn sigkill_of_a_mid_stream_loses_no_acknowledged_transfer_and_b_keeps_serv
         deposit(&b.services, id, "1000").await;
         senders.push((on(&c, &a_base), id));
     }
-    let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel::<(i64, i64)>();
+    let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel::<(UserId, i64)>();
     let stream = futures_util::future::join_all(senders.iter().map(|(c, id)| {
         let acked = acked_tx.clone();
         async move {
@@ -511,7 +511,7 @@ async fn sigkill_of_a_mid_stream_loses_no_acknowledged_transfer_and_b_keeps_serv
         a.child.wait().unwrap();
     };
     let (outcomes, ()) = tokio::join!(stream, killer);
-    let acknowledged: Vec<(i64, i64)> = outcomes.into_iter().flatten().collect();
+    let acknowledged: Vec<(UserId, i64)> = outcomes.into_iter().flatten().collect();
     assert!(acknowledged.len() >= 3);
     assert!(
         acknowledged.len() < 8,

@@ -32,7 +32,7 @@ async fn world() -> World {
             .await
             .unwrap();
     }
-    let account = |user: i64| {
+    let account = |user: alphabank::domain::UserId| {
         let s = s.clone();
         async move {
             let (id,): (i64,) = sqlx::query_as("SELECT id FROM accounts WHERE user_id = $1")

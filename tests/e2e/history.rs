@@ -15,7 +15,7 @@ async fn history_pages_forward_and_back_on_a_phone() {
         .await
         .expect("henrik's id");
     for _ in 0..25 {
-        deposit(&app.services, user_id, "1").await;
+        deposit(&app.services, alphabank::domain::UserId::new(user_id), "1").await;
     }
 
     let mut b = Browser::launch(&app.base, &app.dir.path().join("tls-cert.pem"), 40, PHONE).await;
