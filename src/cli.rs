@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand};
 use crate::audit::{AuditContext, AuditEvent};
 use crate::config::Config;
 use crate::limits::AUDIT_TAIL_ROWS_MAX;
-use crate::startup::{Application, Services, StartError, open_services};
+use crate::services::Services;
+use crate::startup::{Application, StartError, open_services};
 
 #[derive(Parser, Debug)]
 #[command(

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::audit::AuditContext;
 use crate::auth::password::PasswordHasher;
 use crate::domain::{Amount, CardName, DepositAmount, Email, Password, Username};
-use crate::startup::Services;
+use crate::services::Services;
 use crate::store::users as user_store;
 
 /// Most customers one `seed` creates.

@@ -19,42 +19,13 @@ use crate::crypto::{CryptoError, Keyring, MasterKey};
 use crate::ledger::{Ledger, LedgerError};
 use crate::limits::SHUTDOWN_DRAIN_TIMEOUT;
 use crate::payments::Payments;
+use crate::rate_limit::ClientLimiter;
+use crate::services::ServiceSet;
 use crate::store::{Db, StoreError, keys as key_store};
 use crate::tls::TlsError;
 
-/// Everything a request or a CLI command needs; cheap to share: one reference count per clone
-/// (axum clones the state for every extractor of every request).
-#[derive(Clone, Debug)]
-pub struct Services(Arc<ServiceSet>);
-
-impl std::ops::Deref for Services {
-    type Target = ServiceSet;
-    fn deref(&self) -> &ServiceSet {
-        &self.0
-    }
-}
-
-impl From<ServiceSet> for Services {
-    fn from(set: ServiceSet) -> Self {
-        Services(Arc::new(set))
-    }
-}
-
-/// The services themselves (reached through [`Services`]).
-#[derive(Clone, Debug)]
-pub struct ServiceSet {
-    pub config: Arc<Config>,
-    pub db: Db,
-    pub keyring: Keyring,
-    pub audit: AuditLog,
-    pub ledger: Ledger,
-    pub payments: Payments,
-    pub hasher: PasswordHasher,
-    pub captcha: Captcha,
-    pub rate_limiter: Arc<crate::web::rate_limit::ClientLimiter>,
-    pub in_flight: Arc<tokio::sync::Semaphore>,
-    pub master_key_source: MasterKeySource,
-}
+/// What [`open_services`] opens and [`Application::services`] returns.
+pub use crate::services::Services;
 
 /// Why the services or the listeners could not start; shown as one line after `error: `.
 #[derive(Debug, thiserror::Error)]
@@ -187,10 +158,8 @@ pub async fn open_services(config: Config) -> Result<Services, StartError> {
     );
     let hasher = PasswordHasher::new(config.argon2)
         .map_err(|e| StartError::Keys(KeysError::PasswordHasher(e)))?;
-    let rate_limiter = Arc::new(crate::web::rate_limit::ClientLimiter::per_minute(
-        config.rate_limit_per_min,
-    ));
-    Ok(Services(Arc::new(ServiceSet {
+    let rate_limiter = Arc::new(ClientLimiter::per_minute(config.rate_limit_per_min));
+    Ok(Services::from(ServiceSet {
         config: Arc::new(config),
         db,
         keyring,
@@ -204,7 +173,7 @@ pub async fn open_services(config: Config) -> Result<Services, StartError> {
             crate::limits::REQUESTS_IN_FLIGHT_MAX,
         )),
         master_key_source,
-    })))
+    }))
 }
 
 /// A bound, ready-to-run web server (and its optional HTTP→HTTPS redirector).

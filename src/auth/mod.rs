@@ -9,7 +9,7 @@ pub mod totp;
 use crate::audit::{AuditContext, AuditEvent};
 use crate::crypto::{Aad, CryptoError};
 use crate::domain::{Email, Password};
-use crate::startup::Services;
+use crate::services::Services;
 use crate::store::{StoreError, sessions as session_store, users as user_store};
 
 use self::password::{HashError, Verified};

@@ -13,7 +13,7 @@ use super::view::{Chrome, Errors, render};
 use crate::captcha::CaptchaFields;
 use crate::domain::{CardName, DepositAmount, Username};
 use crate::payments::{Kind, Movement};
-use crate::startup::Services;
+use crate::services::Services;
 
 #[derive(Template)]
 #[template(path = "atm.html")]

@@ -8,7 +8,7 @@ use super::error::{Error, Result};
 use super::extract::CurrentUser;
 use super::home::Row;
 use super::view::{Chrome, render};
-use crate::startup::Services;
+use crate::services::Services;
 
 #[derive(Template)]
 #[template(path = "receipt.html")]
