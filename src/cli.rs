@@ -1,15 +1,17 @@
 //! The command line: `serve` (default), `migrate`, `verify`, `audit tail`, `keys rotate`,
 //! `keys rotate-master`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 use crate::audit::{AuditContext, AuditEvent};
 use crate::config::Config;
+use crate::crypto::rotation::{self, MasterRotationError};
 use crate::limits::AUDIT_TAIL_ROWS_MAX;
-use crate::startup::{Application, Services, StartError, open_services};
+use crate::services::Services;
+use crate::startup::{Application, StartError, open_services};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -139,48 +141,15 @@ async fn run_command(services: &Services, command: Command) -> ExitCode {
             println!("database schema is up to date");
             ExitCode::SUCCESS
         }
-        Command::Verify => {
-            match crate::ledger::verify::verify(&services.ledger, &services.audit).await {
-                Ok(Ok(report)) => {
-                    println!(
-                        "verify: ok {}",
-                        serde_json::to_string(&report).unwrap_or_default()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Ok(Err(problem)) => fail(&format!("verify FAILED: {problem}")),
-                Err(error) => fail(&format!("verify could not run: {error}")),
-            }
-        }
+        Command::Verify => verify(services).await,
         Command::Audit {
             command: AuditCommand::Tail { n },
-        } => match services.audit.tail(n).await {
-            Ok(lines) => {
-                for line in lines {
-                    println!("{}", serde_json::to_string(&line).unwrap_or_default());
-                }
-                ExitCode::SUCCESS
-            }
-            Err(error) => fail(&format!("cannot read the audit log: {error}")),
-        },
+        } => audit_tail(services, n).await,
         Command::Seed {
             customers,
             movements,
             out,
-        } => {
-            let started = std::time::Instant::now();
-            match crate::seed::seed(services, customers, movements, &out).await {
-                Ok(()) => {
-                    println!(
-                        "seed: {customers} customers, {movements} movements for the first, credentials in {} (mode 0600), {:.1} s",
-                        out.display(),
-                        started.elapsed().as_secs_f64()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(error) => fail(&format!("seed: {error}")),
-            }
-        }
+        } => seed(services, customers, movements, &out).await,
         Command::Keys {
             command:
                 KeysCommand::RotateMaster {
@@ -189,130 +158,184 @@ async fn run_command(services: &Services, command: Command) -> ExitCode {
                 },
         } => rotate_master(services, new_key_file, finish).await,
         Command::Keys {
-            command: KeysCommand::Rotate { .. },
-        } if matches!(
-            crate::crypto::rotation::master_rotation_pending(&services.db).await,
-            Ok(true)
-        ) =>
-        {
-            fail(&format!(
-                "keys rotate refused: {}",
-                crate::crypto::rotation::MASTER_ROTATION_PENDING
-            ))
-        }
-        Command::Keys {
             command: KeysCommand::Rotate { no_wait },
-        } => match crate::crypto::rotation::rotate_with_announce_delay(
-            &services.db,
-            &services.keyring,
-            if no_wait {
-                std::time::Duration::ZERO
-            } else {
-                crate::crypto::KEYRING_REFRESH_INTERVAL + crate::crypto::KEYRING_ANNOUNCE_MARGIN
-            },
-        )
-        .await
-        {
-            Ok(report) => {
-                services
-                    .audit
-                    .record_best_effort(
-                        &AuditContext::system(),
-                        AuditEvent::KeyRotation {
-                            new_key_id: report.new_key_id,
-                            resealed: report.resealed,
-                        },
-                    )
-                    .await;
-                println!(
-                    "keys rotate: data key {} is active; {} fields re-sealed{}; older keys are retired (kept readable for backups)",
-                    report.new_key_id,
-                    report.resealed,
-                    if report.resumed {
-                        " (resumed an interrupted rotation)"
-                    } else {
-                        ""
-                    }
-                );
-                ExitCode::SUCCESS
-            }
-            Err(error) => fail(&format!("key rotation failed: {error}")),
-        },
+        } => rotate_data_key(services, no_wait).await,
     }
 }
 
+async fn verify(services: &Services) -> ExitCode {
+    match crate::ledger::verify::verify(&services.ledger, &services.audit).await {
+        Ok(Ok(report)) => {
+            println!(
+                "verify: ok {}",
+                serde_json::to_string(&report).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Err(problem)) => fail(&format!("verify FAILED: {problem}")),
+        Err(error) => fail(&format!("verify could not run: {error}")),
+    }
+}
+
+async fn audit_tail(services: &Services, n: u32) -> ExitCode {
+    match services.audit.tail(n).await {
+        Ok(lines) => {
+            for line in lines {
+                println!("{}", serde_json::to_string(&line).unwrap_or_default());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(&format!("cannot read the audit log: {error}")),
+    }
+}
+
+async fn seed(services: &Services, customers: u32, movements: u32, out: &Path) -> ExitCode {
+    let started = std::time::Instant::now();
+    match crate::seed::seed(services, customers, movements, out).await {
+        Ok(()) => {
+            println!(
+                "seed: {customers} customers, {movements} movements for the first, credentials in {} (mode 0600), {:.1} s",
+                out.display(),
+                started.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(&format!("seed: {error}")),
+    }
+}
+
+/// `keys rotate`: refused while a master-key rotation is pending.
+async fn rotate_data_key(services: &Services, no_wait: bool) -> ExitCode {
+    if matches!(
+        rotation::master_rotation_pending(&services.db).await,
+        Ok(true)
+    ) {
+        return fail(&format!(
+            "keys rotate refused: {}",
+            rotation::MASTER_ROTATION_PENDING
+        ));
+    }
+    let delay = if no_wait {
+        std::time::Duration::ZERO
+    } else {
+        crate::crypto::KEYRING_REFRESH_INTERVAL + crate::crypto::KEYRING_ANNOUNCE_MARGIN
+    };
+    match rotation::rotate_with_announce_delay(&services.db, &services.keyring, delay).await {
+        Ok(report) => {
+            services
+                .audit
+                .record_best_effort(
+                    &AuditContext::system(),
+                    AuditEvent::KeyRotation {
+                        new_key_id: report.new_key_id,
+                        resealed: report.resealed,
+                    },
+                )
+                .await;
+            println!(
+                "keys rotate: data key {} is active; {} fields re-sealed{}; older keys are retired (kept readable for backups)",
+                report.new_key_id,
+                report.resealed,
+                if report.resumed {
+                    " (resumed an interrupted rotation)"
+                } else {
+                    ""
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(&format!("key rotation failed: {error}")),
+    }
+}
+
+/// `keys rotate-master`: phase 1 with `--new-key-file PATH`, phase 2 with `--finish`.
 async fn rotate_master(
     services: &Services,
     new_key_file: Option<PathBuf>,
     finish: bool,
 ) -> ExitCode {
-    use crate::crypto::rotation::{self, MasterRotationError};
-    let refused = |error: MasterRotationError| match error {
-        MasterRotationError::Refused(why) => fail(&format!("keys rotate-master refused: {why}")),
-        MasterRotationError::Crypto(error) => fail(&format!("keys rotate-master failed: {error}")),
-    };
     if finish {
-        return match rotation::finish_master_rotation(&services.db, &services.keyring).await {
-            Ok(done) => {
-                services
-                    .audit
-                    .record_best_effort(
-                        &AuditContext::system(),
-                        AuditEvent::MasterKeyRotation {
-                            phase: "finished",
-                            new_master_key_id: done.new_master_id.clone(),
-                            data_keys: done.data_keys,
-                        },
-                    )
-                    .await;
-                println!(
-                    "keys rotate-master: finished; {} data keys are now wrapped only under the new master key (id {}). The old master key no longer opens this database: restart any instance still running with it, and destroy it once no backup taken before now needs it.",
-                    done.data_keys, done.new_master_id
-                );
-                ExitCode::SUCCESS
-            }
-            Err(error) => refused(error),
-        };
+        return finish_master_rotation(services).await;
     }
     let Some(path) = new_key_file else {
         return fail("keys rotate-master needs --new-key-file PATH or --finish");
     };
-    match rotation::start_master_rotation(&services.db, &services.keyring, &path).await {
-        Ok(started) => {
-            if started.generated {
-                println!(
-                    "keys rotate-master: generated a new master key in {} (mode 0600); back it up now",
-                    path.display()
-                );
-            }
-            if started.already_pending {
-                println!(
-                    "keys rotate-master: the rotation to this new master key (id {}) was already started; nothing changed",
-                    started.new_master_id
-                );
-            } else {
-                services
-                    .audit
-                    .record_best_effort(
-                        &AuditContext::system(),
-                        AuditEvent::MasterKeyRotation {
-                            phase: "started",
-                            new_master_key_id: started.new_master_id.clone(),
-                            data_keys: started.data_keys,
-                        },
-                    )
-                    .await;
-                println!(
-                    "keys rotate-master: started; {} data keys are now wrapped under the current and the new master key (id {})",
-                    started.data_keys, started.new_master_id
-                );
-            }
+    start_master_rotation(services, &path).await
+}
+
+fn master_rotation_failed(error: MasterRotationError) -> ExitCode {
+    match error {
+        MasterRotationError::Refused(why) => fail(&format!("keys rotate-master refused: {why}")),
+        MasterRotationError::Crypto(error) => fail(&format!("keys rotate-master failed: {error}")),
+    }
+}
+
+async fn record_master_rotation(
+    services: &Services,
+    phase: &'static str,
+    new_master_key_id: &str,
+    data_keys: u64,
+) {
+    services
+        .audit
+        .record_best_effort(
+            &AuditContext::system(),
+            AuditEvent::MasterKeyRotation {
+                phase,
+                new_master_key_id: new_master_key_id.to_string(),
+                data_keys,
+            },
+        )
+        .await;
+}
+
+async fn start_master_rotation(services: &Services, path: &Path) -> ExitCode {
+    let started = match rotation::start_master_rotation(&services.db, &services.keyring, path).await
+    {
+        Ok(started) => started,
+        Err(error) => return master_rotation_failed(error),
+    };
+    if started.generated {
+        println!(
+            "keys rotate-master: generated a new master key in {} (mode 0600); back it up now",
+            path.display()
+        );
+    }
+    if started.already_pending {
+        println!(
+            "keys rotate-master: the rotation to this new master key (id {}) was already started; nothing changed",
+            started.new_master_id
+        );
+    } else {
+        record_master_rotation(
+            services,
+            "started",
+            &started.new_master_id,
+            started.data_keys,
+        )
+        .await;
+        println!(
+            "keys rotate-master: started; {} data keys are now wrapped under the current and the new master key (id {})",
+            started.data_keys, started.new_master_id
+        );
+    }
+    println!(
+        "next: restart every instance, one at a time, with the new key (ALPHABANK_MASTER_KEY_FILE={} or its contents in ALPHABANK_MASTER_KEY), then run `alphabank keys rotate-master --finish` with the new key configured",
+        path.display()
+    );
+    ExitCode::SUCCESS
+}
+
+async fn finish_master_rotation(services: &Services) -> ExitCode {
+    match rotation::finish_master_rotation(&services.db, &services.keyring).await {
+        Ok(done) => {
+            record_master_rotation(services, "finished", &done.new_master_id, done.data_keys).await;
             println!(
-                "next: restart every instance, one at a time, with the new key (ALPHABANK_MASTER_KEY_FILE={} or its contents in ALPHABANK_MASTER_KEY), then run `alphabank keys rotate-master --finish` with the new key configured",
-                path.display()
+                "keys rotate-master: finished; {} data keys are now wrapped only under the new master key (id {}). The old master key no longer opens this database: restart any instance still running with it, and destroy it once no backup taken before now needs it.",
+                done.data_keys, done.new_master_id
             );
             ExitCode::SUCCESS
         }
-        Err(error) => refused(error),
+        Err(error) => master_rotation_failed(error),
     }
 }

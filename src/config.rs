@@ -119,88 +119,131 @@ impl Loose {
     }
 }
 
-/// Keys this configuration knows; anything else under the prefix is ignored by design so that
-/// unrelated `ALPHABANK_*` variables (e.g. for tests) do not stop the start.
-const KNOWN_KEYS: &[&str] = &[
-    "data_dir",
-    "database_url",
-    "listen",
-    "tls_cert",
-    "tls_key",
-    "plain_http",
-    "http_redirect_listen",
-    "trusted_proxies",
-    "master_key_file",
-    "master_key",
-    "session_idle_secs",
-    "session_absolute_secs",
-    "rate_limit_per_min",
-    "captcha",
-    "pow_bits",
-    "captcha_secret",
-    "captcha_site_key",
-    "captcha_verify_url",
-    "argon2_m_kib",
-    "argon2_t",
-    "argon2_p",
-    "log_format",
-];
+/// The configuration as gathered from defaults < TOML file < environment, before any checking:
+/// each known key's text, trimmed. An empty value counts as unset (and unsets a lower layer's).
+#[derive(Default)]
+struct RawConfig {
+    data_dir: Option<String>,
+    database_url: Option<String>,
+    listen: Option<String>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+    plain_http: Option<String>,
+    http_redirect_listen: Option<String>,
+    trusted_proxies: Option<String>,
+    master_key_file: Option<String>,
+    master_key: Option<String>,
+    session_idle_secs: Option<String>,
+    session_absolute_secs: Option<String>,
+    rate_limit_per_min: Option<String>,
+    captcha: Option<String>,
+    pow_bits: Option<String>,
+    captcha_secret: Option<String>,
+    captcha_site_key: Option<String>,
+    captcha_verify_url: Option<String>,
+    argon2_m_kib: Option<String>,
+    argon2_t: Option<String>,
+    argon2_p: Option<String>,
+    log_format: Option<String>,
+}
 
-impl Config {
-    /// Loads defaults < `file` (if named) < the process environment.
-    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let env: Vec<(String, String)> = std::env::vars().collect();
-        Self::load_from(file, &env)
-    }
-
-    /// Same as [`Config::load`], with the environment given explicitly (used by tests).
-    pub fn load_from(file: Option<&Path>, env: &[(String, String)]) -> Result<Self, ConfigError> {
-        let mut values: BTreeMap<String, Loose> = BTreeMap::new();
+impl RawConfig {
+    /// Reads `file` (if named), then `env` over it.
+    fn gather(file: Option<&Path>, env: &[(String, String)]) -> Result<Self, ConfigError> {
+        let mut raw = RawConfig::default();
         if let Some(path) = file {
-            if !path.is_file() {
-                return Err(ConfigError {
-                    variable: "ALPHABANK_CONFIG".into(),
-                    problem: format!("configuration file {} does not exist", path.display()),
-                });
-            }
-            let from_file: BTreeMap<String, Loose> = Figment::from(Toml::file(path))
-                .extract()
-                .map_err(|e| ConfigError {
-                    variable: "ALPHABANK_CONFIG".into(),
-                    problem: format!(
-                        "cannot read {}: {}",
-                        path.display(),
-                        first_line(&e.to_string())
-                    ),
-                })?;
-            for (key, value) in from_file {
-                if !KNOWN_KEYS.contains(&key.as_str()) {
-                    return Err(ConfigError {
-                        variable: "ALPHABANK_CONFIG".into(),
-                        problem: format!("unknown key `{key}` in {}", path.display()),
-                    });
-                }
-                values.insert(key, value);
+            for (key, value) in read_file(path)? {
+                let Some(slot) = raw.slot(&key) else {
+                    return Err(file_error(format!(
+                        "unknown key `{key}` in {}",
+                        path.display()
+                    )));
+                };
+                *slot = non_empty(value.text());
             }
         }
-        // The environment wins. Values stay text: we parse them ourselves below.
+        // The environment wins. Values stay text: the sections below parse them.
         for (name, value) in env {
-            if let Some(key) = name.strip_prefix("ALPHABANK_") {
-                let key = key.to_ascii_lowercase();
-                if KNOWN_KEYS.contains(&key.as_str()) {
-                    values.insert(key, Loose::Text(value.clone()));
-                }
+            if let Some(key) = name.strip_prefix("ALPHABANK_")
+                && let Some(slot) = raw.slot(&key.to_ascii_lowercase())
+            {
+                *slot = non_empty(value.trim().to_string());
             }
         }
-        Self::from_values(&values)
+        Ok(raw)
     }
 
-    fn from_values(values: &BTreeMap<String, Loose>) -> Result<Self, ConfigError> {
-        let text = |key: &str| -> Option<String> {
-            values.get(key).map(Loose::text).filter(|s| !s.is_empty())
+    /// The value of a key this configuration knows; `None` for any other key, which is an error
+    /// in the file and ignored in the environment by design, so that unrelated `ALPHABANK_*`
+    /// variables (e.g. for tests) do not stop the start.
+    fn slot(&mut self, key: &str) -> Option<&mut Option<String>> {
+        let slot = match key {
+            "data_dir" => &mut self.data_dir,
+            "database_url" => &mut self.database_url,
+            "listen" => &mut self.listen,
+            "tls_cert" => &mut self.tls_cert,
+            "tls_key" => &mut self.tls_key,
+            "plain_http" => &mut self.plain_http,
+            "http_redirect_listen" => &mut self.http_redirect_listen,
+            "trusted_proxies" => &mut self.trusted_proxies,
+            "master_key_file" => &mut self.master_key_file,
+            "master_key" => &mut self.master_key,
+            "session_idle_secs" => &mut self.session_idle_secs,
+            "session_absolute_secs" => &mut self.session_absolute_secs,
+            "rate_limit_per_min" => &mut self.rate_limit_per_min,
+            "captcha" => &mut self.captcha,
+            "pow_bits" => &mut self.pow_bits,
+            "captcha_secret" => &mut self.captcha_secret,
+            "captcha_site_key" => &mut self.captcha_site_key,
+            "captcha_verify_url" => &mut self.captcha_verify_url,
+            "argon2_m_kib" => &mut self.argon2_m_kib,
+            "argon2_t" => &mut self.argon2_t,
+            "argon2_p" => &mut self.argon2_p,
+            "log_format" => &mut self.log_format,
+            _ => return None,
         };
-        let data_dir = PathBuf::from(text("data_dir").unwrap_or_else(|| "./data".into()));
-        let database_url = match text("database_url") {
+        Some(slot)
+    }
+}
+
+fn non_empty(text: String) -> Option<String> {
+    Some(text).filter(|s| !s.is_empty())
+}
+
+fn file_error(problem: String) -> ConfigError {
+    ConfigError {
+        variable: "ALPHABANK_CONFIG".into(),
+        problem,
+    }
+}
+
+/// The TOML file's keys and values, unchecked.
+fn read_file(path: &Path) -> Result<BTreeMap<String, Loose>, ConfigError> {
+    if !path.is_file() {
+        return Err(file_error(format!(
+            "configuration file {} does not exist",
+            path.display()
+        )));
+    }
+    Figment::from(Toml::file(path)).extract().map_err(|e| {
+        file_error(format!(
+            "cannot read {}: {}",
+            path.display(),
+            first_line(&e.to_string())
+        ))
+    })
+}
+
+/// Where the data lives.
+struct Storage {
+    data_dir: PathBuf,
+    database_url: Secret,
+}
+
+impl Storage {
+    fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
+        let data_dir = PathBuf::from(raw.data_dir.as_deref().unwrap_or("./data"));
+        let database_url = match &raw.database_url {
             Some(url) => {
                 if !(url.starts_with("sqlite:")
                     || url.starts_with("postgres://")
@@ -211,77 +254,140 @@ impl Config {
                         "must start with sqlite:// or postgres://",
                     ));
                 }
-                url
+                url.clone()
             }
             None => format!(
                 "sqlite://{}?mode=rwc",
                 data_dir.join("alphabank.db").display()
             ),
         };
-        let listen = parse_addr(
-            &text("listen").unwrap_or_else(|| "127.0.0.1:8443".into()),
-            "listen",
-        )?;
-        let tls_cert = text("tls_cert").map(PathBuf::from);
-        let tls_key = text("tls_key").map(PathBuf::from);
-        match (&tls_cert, &tls_key) {
-            (Some(_), None) => {
-                return Err(bad("tls_key", "must be set when ALPHABANK_TLS_CERT is set"));
-            }
-            (None, Some(_)) => {
-                return Err(bad("tls_cert", "must be set when ALPHABANK_TLS_KEY is set"));
-            }
-            (Some(cert), Some(key)) => {
-                if !cert.is_file() {
-                    return Err(bad(
-                        "tls_cert",
-                        format!("file {} does not exist", cert.display()),
-                    ));
-                }
-                if !key.is_file() {
-                    return Err(bad(
-                        "tls_key",
-                        format!("file {} does not exist", key.display()),
-                    ));
-                }
-            }
-            (None, None) => {}
-        }
-        let plain_http = parse_bool(text("plain_http"), "plain_http", false)?;
-        let http_redirect_listen = text("http_redirect_listen")
-            .map(|s| parse_addr(&s, "http_redirect_listen"))
+        Ok(Storage {
+            data_dir,
+            database_url: Secret::new(database_url),
+        })
+    }
+}
+
+/// Listeners, TLS and the proxies whose forwarding headers are believed.
+struct Network {
+    listen: SocketAddr,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    plain_http: bool,
+    http_redirect_listen: Option<SocketAddr>,
+    trusted_proxies: Vec<IpNet>,
+}
+
+impl Network {
+    fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
+        let listen = parse_addr(raw.listen.as_deref().unwrap_or("127.0.0.1:8443"), "listen")?;
+        let (tls_cert, tls_key) = tls_files(raw)?;
+        let plain_http = parse_bool(raw.plain_http.as_deref(), "plain_http", false)?;
+        let http_redirect_listen = raw
+            .http_redirect_listen
+            .as_deref()
+            .map(|s| parse_addr(s, "http_redirect_listen"))
             .transpose()?;
-        let trusted_proxies = match text("trusted_proxies") {
+        let trusted_proxies = match &raw.trusted_proxies {
             None => Vec::new(),
-            Some(list) => list
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| {
-                    s.parse::<IpNet>()
-                        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
-                        .map_err(|_| {
-                            bad(
-                                "trusted_proxies",
-                                format!("`{s}` is not an IP address or CIDR"),
-                            )
-                        })
-                })
-                .collect::<Result<_, _>>()?,
+            Some(list) => parse_proxies(list)?,
         };
-        let master_key_file = text("master_key_file")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| data_dir.join("master.key"));
-        let master_key = text("master_key").map(Secret::new);
+        Ok(Network {
+            listen,
+            tls_cert,
+            tls_key,
+            plain_http,
+            http_redirect_listen,
+            trusted_proxies,
+        })
+    }
+}
+
+/// The certificate and private key files: both or neither, and existing when named.
+fn tls_files(raw: &RawConfig) -> Result<(Option<PathBuf>, Option<PathBuf>), ConfigError> {
+    let tls_cert = raw.tls_cert.as_deref().map(PathBuf::from);
+    let tls_key = raw.tls_key.as_deref().map(PathBuf::from);
+    match (&tls_cert, &tls_key) {
+        (Some(_), None) => {
+            return Err(bad("tls_key", "must be set when ALPHABANK_TLS_CERT is set"));
+        }
+        (None, Some(_)) => {
+            return Err(bad("tls_cert", "must be set when ALPHABANK_TLS_KEY is set"));
+        }
+        (Some(cert), Some(key)) => {
+            if !cert.is_file() {
+                return Err(bad(
+                    "tls_cert",
+                    format!("file {} does not exist", cert.display()),
+                ));
+            }
+            if !key.is_file() {
+                return Err(bad(
+                    "tls_key",
+                    format!("file {} does not exist", key.display()),
+                ));
+            }
+        }
+        (None, None) => {}
+    }
+    Ok((tls_cert, tls_key))
+}
+
+/// A comma-separated list of IP addresses and CIDR networks.
+fn parse_proxies(list: &str) -> Result<Vec<IpNet>, ConfigError> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    bad(
+                        "trusted_proxies",
+                        format!("`{s}` is not an IP address or CIDR"),
+                    )
+                })
+        })
+        .collect()
+}
+
+/// Where the master key comes from (checked when it is loaded, not here).
+struct MasterKeySettings {
+    master_key_file: PathBuf,
+    master_key: Option<Secret>,
+}
+
+impl MasterKeySettings {
+    fn from_raw(raw: &RawConfig, data_dir: &Path) -> Self {
+        MasterKeySettings {
+            master_key_file: raw
+                .master_key_file
+                .as_deref()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| data_dir.join("master.key")),
+            master_key: raw.master_key.clone().map(Secret::new),
+        }
+    }
+}
+
+/// Session lifetimes and the per-client request rate.
+struct SessionLimits {
+    session_idle_secs: u64,
+    session_absolute_secs: u64,
+    rate_limit_per_min: u32,
+}
+
+impl SessionLimits {
+    fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
         let session_idle_secs = parse_int(
-            text("session_idle_secs"),
+            raw.session_idle_secs.as_deref(),
             "session_idle_secs",
             300,
             1,
             86_400,
         )?;
         let session_absolute_secs = parse_int(
-            text("session_absolute_secs"),
+            raw.session_absolute_secs.as_deref(),
             "session_absolute_secs",
             43_200,
             1,
@@ -294,29 +400,36 @@ impl Config {
             ));
         }
         let rate_limit_per_min = parse_int(
-            text("rate_limit_per_min"),
+            raw.rate_limit_per_min.as_deref(),
             "rate_limit_per_min",
             60,
             1,
             1_000_000,
         )?;
-        let captcha = match text("captcha").as_deref().unwrap_or("pow") {
-            "pow" => CaptchaMode::Pow,
-            "recaptcha" => CaptchaMode::Recaptcha,
-            "hcaptcha" => CaptchaMode::Hcaptcha,
-            "turnstile" => CaptchaMode::Turnstile,
-            "off" => CaptchaMode::Off,
-            other => {
-                return Err(bad(
-                    "captcha",
-                    format!("`{other}` is not one of pow, recaptcha, hcaptcha, turnstile, off"),
-                ));
-            }
-        };
-        let pow_bits = parse_int(text("pow_bits"), "pow_bits", 18, 1, 32)?;
-        let captcha_secret = text("captcha_secret").map(Secret::new);
-        let captcha_site_key = text("captcha_site_key");
-        let captcha_verify_url = text("captcha_verify_url");
+        Ok(SessionLimits {
+            session_idle_secs,
+            session_absolute_secs,
+            rate_limit_per_min,
+        })
+    }
+}
+
+/// The captcha provider and what it needs.
+struct CaptchaSettings {
+    captcha: CaptchaMode,
+    pow_bits: u8,
+    captcha_secret: Option<Secret>,
+    captcha_site_key: Option<String>,
+    captcha_verify_url: Option<String>,
+}
+
+impl CaptchaSettings {
+    fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
+        let captcha = CaptchaMode::from_raw(raw)?;
+        let pow_bits = parse_int(raw.pow_bits.as_deref(), "pow_bits", 18, 1, 32)?;
+        let captcha_secret = raw.captcha_secret.clone().map(Secret::new);
+        let captcha_site_key = raw.captcha_site_key.clone();
+        let captcha_verify_url = raw.captcha_verify_url.clone();
         if let Some(url) = &captcha_verify_url
             && !(url.starts_with("https://") || url.starts_with("http://"))
         {
@@ -342,51 +455,117 @@ impl Config {
                 ));
             }
         }
-        let argon2 = Argon2Cost {
-            memory_kib: parse_int(
-                text("argon2_m_kib"),
-                "argon2_m_kib",
-                ARGON2_M_KIB_MIN,
-                ARGON2_M_KIB_MIN,
-                4 * 1024 * 1024,
-            )?,
-            iterations: parse_int(text("argon2_t"), "argon2_t", ARGON2_T_MIN, ARGON2_T_MIN, 64)?,
-            parallelism: parse_int(text("argon2_p"), "argon2_p", ARGON2_P_MIN, ARGON2_P_MIN, 16)?,
-        };
-        let log_format = match text("log_format").as_deref().unwrap_or("pretty") {
-            "pretty" => LogFormat::Pretty,
-            "json" => LogFormat::Json,
-            other => {
-                return Err(bad(
-                    "log_format",
-                    format!("`{other}` is not one of pretty, json"),
-                ));
-            }
-        };
-        Ok(Config {
-            data_dir,
-            database_url: Secret::new(database_url),
-            listen,
-            tls_cert,
-            tls_key,
-            plain_http,
-            http_redirect_listen,
-            trusted_proxies,
-            master_key_file,
-            master_key,
-            session_idle_secs,
-            session_absolute_secs,
-            rate_limit_per_min,
+        Ok(CaptchaSettings {
             captcha,
             pow_bits,
             captcha_secret,
             captcha_site_key,
             captcha_verify_url,
+        })
+    }
+}
+
+impl CaptchaMode {
+    fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
+        match raw.captcha.as_deref().unwrap_or("pow") {
+            "pow" => Ok(CaptchaMode::Pow),
+            "recaptcha" => Ok(CaptchaMode::Recaptcha),
+            "hcaptcha" => Ok(CaptchaMode::Hcaptcha),
+            "turnstile" => Ok(CaptchaMode::Turnstile),
+            "off" => Ok(CaptchaMode::Off),
+            other => Err(bad(
+                "captcha",
+                format!("`{other}` is not one of pow, recaptcha, hcaptcha, turnstile, off"),
+            )),
+        }
+    }
+}
+
+impl Argon2Cost {
+    fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
+        Ok(Argon2Cost {
+            memory_kib: parse_int(
+                raw.argon2_m_kib.as_deref(),
+                "argon2_m_kib",
+                ARGON2_M_KIB_MIN,
+                ARGON2_M_KIB_MIN,
+                4 * 1024 * 1024,
+            )?,
+            iterations: parse_int(
+                raw.argon2_t.as_deref(),
+                "argon2_t",
+                ARGON2_T_MIN,
+                ARGON2_T_MIN,
+                64,
+            )?,
+            parallelism: parse_int(
+                raw.argon2_p.as_deref(),
+                "argon2_p",
+                ARGON2_P_MIN,
+                ARGON2_P_MIN,
+                16,
+            )?,
+        })
+    }
+}
+
+impl LogFormat {
+    fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
+        match raw.log_format.as_deref().unwrap_or("pretty") {
+            "pretty" => Ok(LogFormat::Pretty),
+            "json" => Ok(LogFormat::Json),
+            other => Err(bad(
+                "log_format",
+                format!("`{other}` is not one of pretty, json"),
+            )),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults < `file` (if named) < the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(file, &env)
+    }
+
+    /// Same as [`Config::load`], with the environment given explicitly (used by tests).
+    pub fn load_from(file: Option<&Path>, env: &[(String, String)]) -> Result<Self, ConfigError> {
+        Self::from_raw(&RawConfig::gather(file, env)?)
+    }
+
+    /// Checks section by section, in this order: the first problem found is the one reported.
+    fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
+        let storage = Storage::from_raw(raw)?;
+        let network = Network::from_raw(raw)?;
+        let keys = MasterKeySettings::from_raw(raw, &storage.data_dir);
+        let limits = SessionLimits::from_raw(raw)?;
+        let captcha = CaptchaSettings::from_raw(raw)?;
+        let argon2 = Argon2Cost::from_raw(raw)?;
+        let log_format = LogFormat::from_raw(raw)?;
+        Ok(Config {
+            data_dir: storage.data_dir,
+            database_url: storage.database_url,
+            listen: network.listen,
+            tls_cert: network.tls_cert,
+            tls_key: network.tls_key,
+            plain_http: network.plain_http,
+            http_redirect_listen: network.http_redirect_listen,
+            trusted_proxies: network.trusted_proxies,
+            master_key_file: keys.master_key_file,
+            master_key: keys.master_key,
+            session_idle_secs: limits.session_idle_secs,
+            session_absolute_secs: limits.session_absolute_secs,
+            rate_limit_per_min: limits.rate_limit_per_min,
+            captcha: captcha.captcha,
+            pow_bits: captcha.pow_bits,
+            captcha_secret: captcha.captcha_secret,
+            captcha_site_key: captcha.captcha_site_key,
+            captcha_verify_url: captcha.captcha_verify_url,
             argon2,
             log_format,
         })
     }
-
     /// Whether the database is the embedded SQLite file.
     pub fn is_sqlite(&self) -> bool {
         self.database_url.expose().starts_with("sqlite:")
@@ -406,8 +585,8 @@ fn parse_addr(s: &str, key: &str) -> Result<SocketAddr, ConfigError> {
     })
 }
 
-fn parse_bool(value: Option<String>, key: &str, default: bool) -> Result<bool, ConfigError> {
-    match value.as_deref().map(str::to_ascii_lowercase).as_deref() {
+fn parse_bool(value: Option<&str>, key: &str, default: bool) -> Result<bool, ConfigError> {
+    match value.map(str::to_ascii_lowercase).as_deref() {
         None => Ok(default),
         Some("true" | "1" | "yes" | "on") => Ok(true),
         Some("false" | "0" | "no" | "off") => Ok(false),
@@ -416,7 +595,7 @@ fn parse_bool(value: Option<String>, key: &str, default: bool) -> Result<bool, C
 }
 
 fn parse_int<T>(
-    value: Option<String>,
+    value: Option<&str>,
     key: &str,
     default: T,
     min: T,

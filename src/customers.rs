@@ -6,7 +6,7 @@ use crate::crypto::{Aad, random_row_id};
 use crate::domain::UserId;
 use crate::domain::{Email, Username};
 use crate::ledger::LedgerError;
-use crate::startup::Services;
+use crate::services::Services;
 use crate::store::{StoreError, users as user_store};
 
 #[derive(Debug, thiserror::Error)]

@@ -2,7 +2,9 @@
 //!
 //! Data flows one way: `web` parses input into `domain` types at the edge and calls a service
 //! (`ledger`, `audit`), which uses `store` (the only module that owns SQL) and `crypto` (the only
-//! module that touches key material). See `docs/architecture.md`.
+//! module that touches key material). `services` is the one set of them that requests and
+//! commands share; `startup` opens it. Only `cli` uses `startup`, and only `startup` uses `web`.
+//! See `docs/architecture.md`.
 #![forbid(unsafe_code)]
 
 pub mod audit;
@@ -16,7 +18,9 @@ pub mod domain;
 pub mod ledger;
 pub mod limits;
 pub mod payments;
+pub mod rate_limit;
 pub mod seed;
+pub mod services;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

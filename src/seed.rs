@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::audit::AuditContext;
 use crate::auth::password::PasswordHasher;
 use crate::domain::{Amount, CardName, DepositAmount, Email, Password, Username};
-use crate::startup::Services;
+use crate::services::Services;
 use crate::store::users as user_store;
 
 /// Most customers one `seed` creates.
@@ -97,7 +97,18 @@ pub async fn seed(
     if user_store::count(&services.db).await.map_err(failed)? > 0 {
         return Err(SeedError::NotEmpty);
     }
-    let customers = customers.clamp(1, SEED_CUSTOMERS_MAX);
+    let created = create_all(services, customers.clamp(1, SEED_CUSTOMERS_MAX)).await?;
+    if movements > 0 {
+        let first = created
+            .first()
+            .ok_or_else(|| failed("no customer created"))?;
+        deposit_movements(services, &first.username, movements).await?;
+    }
+    write_credentials(out, &created)
+}
+
+/// Creates customers 1..=`customers`, several at a time, in index order.
+async fn create_all(services: &Services, customers: u32) -> Result<Vec<SeededCustomer>, SeedError> {
     // No pages to serve: hash on every core (the server's hasher leaves one free).
     let hasher = PasswordHasher::for_batch(services.config.argon2).map_err(failed)?;
     let parallel = std::thread::available_parallelism()
@@ -122,32 +133,39 @@ pub async fn seed(
         created.extend(batch.into_iter().map(|(_, c)| c));
         next = batch_end + 1;
     }
-    if movements > 0 {
-        let first = created
-            .first()
-            .ok_or_else(|| failed("no customer created"))?;
-        let (user_id, _) = user_store::id_by_username_key(&services.db, &first.username)
-            .await
-            .map_err(failed)?
-            .ok_or_else(|| failed("first customer not found"))?;
-        let card = CardName::parse("Seed Card").map_err(failed)?;
-        let amounts: Vec<DepositAmount> = (0..movements.min(SEED_MOVEMENTS_MAX))
-            .map(|i| {
-                DepositAmount::try_from(
-                    Amount::from_minor(100 + i64::from(i % 997)).map_err(failed)?,
-                )
+    Ok(created)
+}
+
+/// `movements` card deposits for `username`, committed in chunks.
+async fn deposit_movements(
+    services: &Services,
+    username: &str,
+    movements: u32,
+) -> Result<(), SeedError> {
+    let (user_id, _) = user_store::id_by_username_key(&services.db, username)
+        .await
+        .map_err(failed)?
+        .ok_or_else(|| failed("first customer not found"))?;
+    let card = CardName::parse("Seed Card").map_err(failed)?;
+    let amounts: Vec<DepositAmount> = (0..movements.min(SEED_MOVEMENTS_MAX))
+        .map(|i| {
+            DepositAmount::try_from(Amount::from_minor(100 + i64::from(i % 997)).map_err(failed)?)
                 .map_err(failed)
-            })
-            .collect::<Result<_, _>>()?;
-        for chunk in amounts.chunks(SEED_MOVEMENTS_PER_COMMIT) {
-            services
-                .ledger
-                .seed_deposits(&AuditContext::system(), user_id, chunk, &card)
-                .await
-                .map_err(failed)?;
-        }
+        })
+        .collect::<Result<_, _>>()?;
+    for chunk in amounts.chunks(SEED_MOVEMENTS_PER_COMMIT) {
+        services
+            .ledger
+            .seed_deposits(&AuditContext::system(), user_id, chunk, &card)
+            .await
+            .map_err(failed)?;
     }
-    let json = serde_json::to_vec_pretty(&created).map_err(failed)?;
+    Ok(())
+}
+
+/// The credentials as JSON, in a file only its owner can read.
+fn write_credentials(out: &Path, created: &[SeededCustomer]) -> Result<(), SeedError> {
+    let json = serde_json::to_vec_pretty(created).map_err(failed)?;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

@@ -4,79 +4,112 @@
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
 
 use crate::audit::AuditLog;
-use crate::auth::password::PasswordHasher;
+use crate::auth::password::{HashError, PasswordHasher};
 use crate::captcha::Captcha;
-use crate::config::{CaptchaMode, Config};
+use crate::config::{CaptchaMode, Config, ConfigError};
 use crate::crypto::master::MasterKeySource;
 use crate::crypto::{CryptoError, Keyring, MasterKey};
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, LedgerError};
 use crate::limits::SHUTDOWN_DRAIN_TIMEOUT;
 use crate::payments::Payments;
-use crate::store::{Db, keys as key_store};
+use crate::rate_limit::ClientLimiter;
+use crate::services::ServiceSet;
+use crate::store::{Db, StoreError, keys as key_store};
+use crate::tls::TlsError;
 
-/// Everything a request or a CLI command needs; cheap to share: one reference count per clone
-/// (axum clones the state for every extractor of every request).
-#[derive(Clone, Debug)]
-pub struct Services(Arc<ServiceSet>);
+/// What [`open_services`] opens and [`Application::services`] returns.
+pub use crate::services::Services;
 
-impl std::ops::Deref for Services {
-    type Target = ServiceSet;
-    fn deref(&self) -> &ServiceSet {
-        &self.0
-    }
-}
-
-impl From<ServiceSet> for Services {
-    fn from(set: ServiceSet) -> Self {
-        Services(Arc::new(set))
-    }
-}
-
-/// The services themselves (reached through [`Services`]).
-#[derive(Clone, Debug)]
-pub struct ServiceSet {
-    pub config: Arc<Config>,
-    pub db: Db,
-    pub keyring: Keyring,
-    pub audit: AuditLog,
-    pub ledger: Ledger,
-    pub payments: Payments,
-    pub hasher: PasswordHasher,
-    pub captcha: Captcha,
-    pub rate_limiter: Arc<crate::web::rate_limit::ClientLimiter>,
-    pub in_flight: Arc<tokio::sync::Semaphore>,
-    pub master_key_source: MasterKeySource,
-}
-
+/// Why the services or the listeners could not start; shown as one line after `error: `.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("{0}")]
-    Config(String),
+    Config(#[source] ConfigError),
     #[error("database: {0}")]
-    Database(String),
+    Database(#[source] DatabaseError),
     #[error("{0}")]
-    Keys(String),
+    Keys(#[source] KeysError),
     #[error("TLS: {0}")]
-    Tls(String),
-    #[error("cannot listen on {addr}: {reason}")]
-    Bind { addr: SocketAddr, reason: String },
-    #[error("data directory: {0}")]
-    DataDir(String),
+    Tls(#[source] TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("data directory: cannot {action} {}: {source}", path.display())]
+    DataDir {
+        path: PathBuf,
+        action: DataDirAction,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Which database step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseError {
+    #[error("{0}")]
+    Connect(#[source] StoreError),
+    #[error("migration failed: {0}")]
+    Migrate(#[source] StoreError),
+    #[error("{0}")]
+    ListKeys(#[source] StoreError),
+    #[error("{0}")]
+    CashAccount(#[source] LedgerError),
+}
+
+/// Which key could not be loaded or made.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    #[error("{0}")]
+    MasterKey(#[source] CryptoError),
+    #[error(
+        "the master key cannot open the stored data keys (wrong ALPHABANK_MASTER_KEY or master key file)"
+    )]
+    WrongMasterKey,
+    #[error("{0}")]
+    Keyring(#[source] CryptoError),
+    #[error("{0}")]
+    PasswordHasher(#[source] HashError),
+}
+
+/// What could not be done to the data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataDirAction {
+    Create,
+    Protect,
+}
+
+impl std::fmt::Display for DataDirAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DataDirAction::Create => "create",
+            DataDirAction::Protect => "protect",
+        })
+    }
 }
 
 fn prepare_data_dir(config: &Config) -> Result<(), StartError> {
     let dir = &config.data_dir;
+    let failed = |action| {
+        move |source| StartError::DataDir {
+            path: dir.clone(),
+            action,
+            source,
+        }
+    };
     if !dir.exists() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StartError::DataDir(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(failed(DataDirAction::Create))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| StartError::DataDir(format!("cannot protect {}: {e}", dir.display())))?;
+            .map_err(failed(DataDirAction::Protect))?;
         tracing::info!(path = %dir.display(), "created data directory");
     }
     Ok(())
@@ -90,34 +123,32 @@ pub async fn open_services(config: Config) -> Result<Services, StartError> {
     }
     let db = Db::connect(config.database_url.expose())
         .await
-        .map_err(|e| StartError::Database(e.to_string()))?;
+        .map_err(|e| StartError::Database(DatabaseError::Connect(e)))?;
     db.migrate()
         .await
-        .map_err(|e| StartError::Database(format!("migration failed: {e}")))?;
+        .map_err(|e| StartError::Database(DatabaseError::Migrate(e)))?;
     let keys_exist = !key_store::list(&db)
         .await
-        .map_err(|e| StartError::Database(e.to_string()))?
+        .map_err(|e| StartError::Database(DatabaseError::ListKeys(e)))?
         .is_empty();
     let (master, master_key_source) = MasterKey::load(
         config.master_key.as_ref().map(|s| s.expose()),
         &config.master_key_file,
         !keys_exist,
     )
-    .map_err(|e| StartError::Keys(e.to_string()))?;
+    .map_err(|e| StartError::Keys(KeysError::MasterKey(e)))?;
     let keyring = Keyring::load(&db, master).await.map_err(|e| match e {
-        CryptoError::WrongMasterKey => StartError::Keys(
-            "the master key cannot open the stored data keys (wrong ALPHABANK_MASTER_KEY or master key file)".into(),
-        ),
-        other => StartError::Keys(other.to_string()),
+        CryptoError::WrongMasterKey => StartError::Keys(KeysError::WrongMasterKey),
+        other => StartError::Keys(KeysError::Keyring(other)),
     })?;
     let audit = AuditLog::new(db.clone(), keyring.clone());
     let ledger = Ledger::new(db.clone(), keyring.clone(), audit.clone());
     ledger
         .ensure_cash_account()
         .await
-        .map_err(|e| StartError::Database(e.to_string()))?;
-    let captcha = Captcha::try_new(&config, db.clone(), keyring.clone())
-        .map_err(|e| StartError::Config(e.to_string()))?;
+        .map_err(|e| StartError::Database(DatabaseError::CashAccount(e)))?;
+    let captcha =
+        Captcha::try_new(&config, db.clone(), keyring.clone()).map_err(StartError::Config)?;
     let payments = Payments::new(
         db.clone(),
         keyring.clone(),
@@ -125,11 +156,10 @@ pub async fn open_services(config: Config) -> Result<Services, StartError> {
         audit.clone(),
         captcha.clone(),
     );
-    let hasher = PasswordHasher::new(config.argon2).map_err(|e| StartError::Keys(e.to_string()))?;
-    let rate_limiter = Arc::new(crate::web::rate_limit::ClientLimiter::per_minute(
-        config.rate_limit_per_min,
-    ));
-    Ok(Services(Arc::new(ServiceSet {
+    let hasher = PasswordHasher::new(config.argon2)
+        .map_err(|e| StartError::Keys(KeysError::PasswordHasher(e)))?;
+    let rate_limiter = Arc::new(ClientLimiter::per_minute(config.rate_limit_per_min));
+    Ok(Services::from(ServiceSet {
         config: Arc::new(config),
         db,
         keyring,
@@ -143,7 +173,7 @@ pub async fn open_services(config: Config) -> Result<Services, StartError> {
             crate::limits::REQUESTS_IN_FLIGHT_MAX,
         )),
         master_key_source,
-    })))
+    }))
 }
 
 /// A bound, ready-to-run web server (and its optional HTTP→HTTPS redirector).
@@ -167,16 +197,9 @@ impl ShutdownHandle {
 }
 
 fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, StartError> {
-    let listener = std::net::TcpListener::bind(addr).map_err(|e| StartError::Bind {
-        addr,
-        reason: e.to_string(),
-    })?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| StartError::Bind {
-            addr,
-            reason: e.to_string(),
-        })?;
+    let failed = |source| StartError::Bind { addr, source };
+    let listener = std::net::TcpListener::bind(addr).map_err(failed)?;
+    listener.set_nonblocking(true).map_err(failed)?;
     Ok(listener)
 }
 
@@ -184,10 +207,7 @@ fn local_port(listener: &std::net::TcpListener, addr: SocketAddr) -> Result<u16,
     listener
         .local_addr()
         .map(|a| a.port())
-        .map_err(|e| StartError::Bind {
-            addr,
-            reason: e.to_string(),
-        })
+        .map_err(|source| StartError::Bind { addr, source })
 }
 
 impl Application {
@@ -214,9 +234,8 @@ impl Application {
                 config.tls_key.as_deref(),
                 &config.data_dir,
             )
-            .map_err(|e| StartError::Tls(e.to_string()))?;
-            let fingerprint =
-                crate::tls::fingerprint(&files.cert).map_err(|e| StartError::Tls(e.to_string()))?;
+            .map_err(StartError::Tls)?;
+            let fingerprint = crate::tls::fingerprint(&files.cert).map_err(StartError::Tls)?;
             tracing::info!(
                 certificate = %files.cert.display(),
                 private_key = %files.key.display(),
@@ -224,8 +243,7 @@ impl Application {
                 generated = files.generated,
                 "TLS certificate"
             );
-            let server_config =
-                crate::tls::server_config(&files).map_err(|e| StartError::Tls(e.to_string()))?;
+            let server_config = crate::tls::server_config(&files).map_err(StartError::Tls)?;
             Some(RustlsConfig::from_config(server_config))
         };
         let listener = bind(config.listen)?;
@@ -399,5 +417,43 @@ async fn wait_for_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_errors_print_one_line_naming_what_failed() {
+        let denied = || std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let cases = [
+            (
+                StartError::DataDir {
+                    path: PathBuf::from("/srv/bank"),
+                    action: DataDirAction::Protect,
+                    source: denied(),
+                },
+                format!("data directory: cannot protect /srv/bank: {}", denied()),
+            ),
+            (
+                StartError::Bind {
+                    addr: SocketAddr::from(([127, 0, 0, 1], 8443)),
+                    source: denied(),
+                },
+                format!("cannot listen on 127.0.0.1:8443: {}", denied()),
+            ),
+            (
+                StartError::Database(DatabaseError::Migrate(StoreError::Busy)),
+                "database: migration failed: the database is busy; try again".to_string(),
+            ),
+            (
+                StartError::Keys(KeysError::WrongMasterKey),
+                "the master key cannot open the stored data keys (wrong ALPHABANK_MASTER_KEY or master key file)".to_string(),
+            ),
+        ];
+        for (error, printed) in cases {
+            assert_eq!(error.to_string(), printed);
+        }
     }
 }

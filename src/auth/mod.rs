@@ -10,7 +10,7 @@ use crate::audit::{AuditContext, AuditEvent};
 use crate::crypto::{Aad, CryptoError};
 use crate::domain::UserId;
 use crate::domain::{Email, Password};
-use crate::startup::Services;
+use crate::services::Services;
 use crate::store::{StoreError, sessions as session_store, users as user_store};
 
 use self::password::{HashError, Verified};

@@ -5,7 +5,7 @@
 use crate::audit::{AuditContext, AuditEvent};
 use crate::crypto::{Aad, random_bytes, sha256};
 use crate::domain::UserId;
-use crate::startup::Services;
+use crate::services::Services;
 use crate::store::StoreError;
 use crate::store::ledger::AccountRow;
 use crate::store::sessions::{self as session_store, SessionRow};

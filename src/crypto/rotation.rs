@@ -38,8 +38,8 @@ use super::{
     PURPOSE_ENCRYPTION, STATE_ACTIVE, STATE_RETIRED, STATE_RETIRING, random_bytes,
 };
 use crate::limits::SCAN_BATCH_ROWS;
-use crate::store::keys::{AddWraps, FinishWraps};
-use crate::store::sealed::{self, Reseal, SEALED_COLUMNS};
+use crate::store::keys::{AddWraps, FinishWraps, StoredKey};
+use crate::store::sealed::{self, Reseal, SEALED_COLUMNS, SealedColumn};
 use crate::store::{Db, StoreError, keys as key_store};
 
 /// Why `keys rotate` refuses while a master-key rotation is pending.
@@ -78,34 +78,13 @@ pub async fn rotate_with_announce_delay(
         return Err(CryptoError::MasterKey(MASTER_ROTATION_PENDING.into()));
     }
     let stored = key_store::list(db).await?;
-    let encryption = || stored.iter().filter(|k| k.purpose == PURPOSE_ENCRYPTION);
-    let unfinished_reseal = encryption().any(|k| k.state == STATE_RETIRING);
+    let unfinished_reseal = stored
+        .iter()
+        .any(|k| k.purpose == PURPOSE_ENCRYPTION && k.state == STATE_RETIRING);
     let mut resumed = unfinished_reseal;
     if !unfinished_reseal {
-        let active_id = encryption()
-            .filter(|k| k.state == STATE_ACTIVE)
-            .map(|k| k.id)
-            .max()
-            .ok_or(CryptoError::MissingKey("active encryption"))?;
-        let announced = encryption()
-            .filter(|k| k.state == STATE_RETIRED && k.id > active_id)
-            .map(|k| k.id)
-            .max();
-        let new_id = match announced {
-            Some(id) => {
-                resumed = true;
-                id
-            }
-            None => {
-                let id = key_store::next_id(db).await?;
-                let key = Zeroizing::new(random_bytes::<32>());
-                let wrapped = keyring.master().wrap(id, PURPOSE_ENCRYPTION, &key);
-                if !key_store::announce_key(db, id, &wrapped).await? {
-                    return Err(CryptoError::MasterKey(MASTER_ROTATION_PENDING.into()));
-                }
-                id
-            }
-        };
+        let (new_id, announced_before) = announced_key(db, keyring, &stored).await?;
+        resumed = announced_before;
         // Every serving instance re-reads the keyring within one refresh interval; after that it
         // can open what is sealed under the new key.
         tokio::time::sleep(delay).await;
@@ -113,46 +92,96 @@ pub async fn rotate_with_announce_delay(
     }
     keyring.refresh(db).await?;
     let active = keyring.active_key_id();
+    let resealed = reseal_all(db, keyring, active).await?;
+    Ok(RotationReport {
+        new_key_id: active,
+        resealed,
+        resumed,
+    })
+}
+
+/// Step 1: the id of the key to promote, and whether an interrupted rotation had announced it
+/// already; otherwise a new key is announced now.
+async fn announced_key(
+    db: &Db,
+    keyring: &Keyring,
+    stored: &[StoredKey],
+) -> Result<(i64, bool), CryptoError> {
+    let encryption = || stored.iter().filter(|k| k.purpose == PURPOSE_ENCRYPTION);
+    let active_id = encryption()
+        .filter(|k| k.state == STATE_ACTIVE)
+        .map(|k| k.id)
+        .max()
+        .ok_or(CryptoError::MissingKey("active encryption"))?;
+    let announced = encryption()
+        .filter(|k| k.state == STATE_RETIRED && k.id > active_id)
+        .map(|k| k.id)
+        .max();
+    if let Some(id) = announced {
+        return Ok((id, true));
+    }
+    let id = key_store::next_id(db).await?;
+    let key = Zeroizing::new(random_bytes::<32>());
+    let wrapped = keyring.master().wrap(id, PURPOSE_ENCRYPTION, &key);
+    if !key_store::announce_key(db, id, &wrapped).await? {
+        return Err(CryptoError::MasterKey(MASTER_ROTATION_PENDING.into()));
+    }
+    Ok((id, false))
+}
+
+/// Step 3: re-seals under `active` every field sealed under another key, pass after pass until a
+/// pass misses nothing; then the `retiring` keys become `retired`. Returns how many were re-sealed.
+async fn reseal_all(db: &Db, keyring: &Keyring, active: u32) -> Result<u64, CryptoError> {
     let mut resealed = 0;
     for _pass in 0..ROTATION_PASSES_MAX {
         let mut missed = 0u64;
         for column in SEALED_COLUMNS {
-            let mut after = (0, 0);
-            loop {
-                let rows = sealed::values_after(db, column, after, SCAN_BATCH_ROWS).await?;
-                let Some((last_key, _)) = rows.last() else {
-                    break;
-                };
-                after = *last_key;
-                let mut batch: Vec<Reseal> = Vec::new();
-                for (key, ciphertext) in rows {
-                    if Keyring::key_id_of(&ciphertext)? == active {
-                        continue;
-                    }
-                    let aad = Aad::new(column.table, column.column, column.row_label(key));
-                    let plain = keyring.open(&aad, &ciphertext)?;
-                    let fresh = keyring.seal(&aad, &plain);
-                    batch.push((key, ciphertext, fresh));
-                }
-                if !batch.is_empty() {
-                    let changed = sealed::replace_batch(db, column, &batch).await?;
-                    resealed += changed;
-                    missed += batch.len() as u64 - changed;
-                }
-            }
+            let (changed, column_missed) = reseal_column(db, keyring, column, active).await?;
+            resealed += changed;
+            missed += column_missed;
         }
         if missed == 0 {
             key_store::finish_rotation(db).await?;
-            return Ok(RotationReport {
-                new_key_id: active,
-                resealed,
-                resumed,
-            });
+            return Ok(resealed);
         }
     }
     Err(CryptoError::MasterKey(
         "rows kept changing under the old key; run `alphabank keys rotate` again to finish".into(),
     ))
+}
+
+/// One pass over one sealed column: how many values were re-sealed, and how many were missed
+/// because a running server rewrote them meanwhile.
+async fn reseal_column(
+    db: &Db,
+    keyring: &Keyring,
+    column: &SealedColumn,
+    active: u32,
+) -> Result<(u64, u64), CryptoError> {
+    let (mut resealed, mut missed) = (0, 0);
+    let mut after = (0, 0);
+    loop {
+        let rows = sealed::values_after(db, column, after, SCAN_BATCH_ROWS).await?;
+        let Some((last_key, _)) = rows.last() else {
+            return Ok((resealed, missed));
+        };
+        after = *last_key;
+        let mut batch: Vec<Reseal> = Vec::new();
+        for (key, ciphertext) in rows {
+            if Keyring::key_id_of(&ciphertext)? == active {
+                continue;
+            }
+            let aad = Aad::new(column.table, column.column, column.row_label(key));
+            let plain = keyring.open(&aad, &ciphertext)?;
+            let fresh = keyring.seal(&aad, &plain);
+            batch.push((key, ciphertext, fresh));
+        }
+        if !batch.is_empty() {
+            let changed = sealed::replace_batch(db, column, &batch).await?;
+            resealed += changed;
+            missed += batch.len() as u64 - changed;
+        }
+    }
 }
 
 /// Whether a master-key rotation is pending (started, not finished).

@@ -215,6 +215,28 @@ pub async fn finish_master_rotation<E: From<StoreError>>(
     })
 }
 
+/// Stores one new data key, created now; an id that exists already is a conflict.
+async fn insert_key(
+    conn: &mut AnyConnection,
+    id: i64,
+    purpose: &str,
+    state: &str,
+    wrapped: &[u8],
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO data_keys (id, purpose, state, wrapped, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id)
+    .bind(purpose)
+    .bind(state)
+    .bind(wrapped)
+    .bind(crate::now_millis())
+    .execute(conn)
+    .await
+    .map_err(|e| StoreError::from_insert(e, "key id"))?;
+    Ok(())
+}
+
 pub async fn next_id(db: &Db) -> Result<i64, StoreError> {
     let (max,): (Option<i64>,) = sqlx::query_as("SELECT MAX(id) FROM data_keys")
         .fetch_one(db.pool())
@@ -242,14 +264,7 @@ pub async fn create_initial(
         return Ok(false);
     }
     for (id, purpose) in (1i64..).zip(purposes) {
-        sqlx::query("INSERT INTO data_keys (id, purpose, state, wrapped, created_at) VALUES ($1, $2, 'active', $3, $4)")
-            .bind(id)
-            .bind(*purpose)
-            .bind(wrap(id, purpose))
-            .bind(crate::now_millis())
-            .execute(tx.conn())
-            .await
-            .map_err(|e| StoreError::from_insert(e, "key id"))?;
+        insert_key(tx.conn(), id, purpose, "active", &wrap(id, purpose)).await?;
     }
     tx.commit().await?;
     Ok(true)
@@ -268,13 +283,7 @@ pub async fn announce_key(db: &Db, new_id: i64, new_wrapped: &[u8]) -> Result<bo
     if !pending_master_ids_in(tx.conn()).await?.is_empty() {
         return Ok(false);
     }
-    sqlx::query("INSERT INTO data_keys (id, purpose, state, wrapped, created_at) VALUES ($1, 'enc', 'retired', $2, $3)")
-        .bind(new_id)
-        .bind(new_wrapped)
-        .bind(crate::now_millis())
-        .execute(tx.conn())
-        .await
-        .map_err(|e| StoreError::from_insert(e, "key id"))?;
+    insert_key(tx.conn(), new_id, "enc", "retired", new_wrapped).await?;
     tx.commit().await?;
     Ok(true)
 }

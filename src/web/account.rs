@@ -16,7 +16,7 @@ use crate::auth::{self, AuthError, LoginAttempt};
 use crate::captcha::CaptchaFields;
 use crate::customers::CreateCustomerError;
 use crate::domain::{Email, Password, Username};
-use crate::startup::Services;
+use crate::services::Services;
 
 #[derive(Template)]
 #[template(path = "signup.html")]

@@ -7,7 +7,7 @@ use crate::audit::AuditEvent;
 use crate::captcha::{
     CaptchaError, CaptchaFields, CaptchaSubmission, PendingSpend, provider_response_field,
 };
-use crate::startup::Services;
+use crate::services::Services;
 
 pub fn fields(services: &Services) -> CaptchaFields {
     services.captcha.form_fields()

@@ -11,7 +11,7 @@ use axum::response::Response;
 
 use crate::audit::AuditContext;
 use crate::auth::session::{self, EndReason, Lookup, SESSION_COOKIE, Session};
-use crate::startup::Services;
+use crate::services::Services;
 
 #[derive(Clone, Debug)]
 pub enum SessionState {

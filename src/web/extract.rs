@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::context::{RequestContext, SessionState};
 use crate::auth::session::{EndReason, Session, Stage};
-use crate::startup::Services;
+use crate::services::Services;
 
 /// Cookie telling the landing page why the session ended (shown once).
 pub const NOTICE_COOKIE: &str = "__Host-alphabank-notice";

@@ -10,7 +10,7 @@ use super::context::{RequestContext, SessionState, cookie};
 use super::error::render_error;
 use crate::audit::AuditEvent;
 use crate::limits::REQUEST_BODY_BYTES_MAX;
-use crate::startup::Services;
+use crate::services::Services;
 
 /// Cookie holding the CSRF token of visitors' forms (sign-up, login): double-submit.
 pub const VISITOR_CSRF_COOKIE: &str = "__Host-alphabank-csrf";

@@ -10,7 +10,7 @@ use super::home::row_html;
 use super::view::{Chrome, render};
 use crate::ledger::LedgerError;
 use crate::limits::HISTORY_PAGE_ROWS;
-use crate::startup::Services;
+use crate::services::Services;
 
 #[derive(Template)]
 #[template(path = "transactions.html")]

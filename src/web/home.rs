@@ -15,7 +15,7 @@ use crate::auth::session::{EndReason, Stage, clear_cookie_header};
 use crate::domain::EntryKind;
 use crate::ledger::MovementView;
 use crate::limits::HOME_RECENT_ROWS;
-use crate::startup::Services;
+use crate::services::Services;
 
 #[derive(Template)]
 #[template(path = "landing.html")]

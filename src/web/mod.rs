@@ -13,7 +13,6 @@ mod history;
 mod home;
 mod money_form;
 mod pages;
-pub mod rate_limit;
 mod receipts;
 mod settings;
 mod transfer;
@@ -30,7 +29,9 @@ use axum::routing::get;
 
 pub use error::{Error, Result};
 
-use crate::startup::Services;
+// `context` reaches the rate limiter through this name.
+use crate::rate_limit;
+use crate::services::Services;
 use atm::AtmPage;
 use transfer::TransferPage;
 

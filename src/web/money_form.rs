@@ -16,7 +16,7 @@ use crate::auth::session::Session;
 use crate::captcha::CaptchaFields;
 use crate::domain::Username;
 use crate::payments::{Command, Kind, Movement, PaymentError, Prepared, Receipt, Refusal};
-use crate::startup::Services;
+use crate::services::Services;
 
 /// A form's fields once parsed: what moves and the username the customer gave as their own.
 pub struct Parsed {

@@ -9,7 +9,7 @@ use super::extract::CurrentUser;
 use super::home::Row;
 use super::view::{Chrome, render};
 use crate::domain::EntryKind;
-use crate::startup::Services;
+use crate::services::Services;
 
 #[derive(Template)]
 #[template(path = "receipt.html")]

@@ -10,7 +10,7 @@ use super::extract::{CurrentUser, see_other};
 use super::form::CsrfForm;
 use super::view::{Chrome, Errors, flash, render};
 use crate::auth::{self, AuthError, PasswordChange, PasswordChangeError};
-use crate::startup::Services;
+use crate::services::Services;
 use crate::store::sessions as session_store;
 
 /// Security events shown on the settings page.

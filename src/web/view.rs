@@ -7,7 +7,7 @@ use axum::response::{Html, IntoResponse, Response};
 
 use super::error::render_error;
 use crate::auth::session::Session;
-use crate::startup::Services;
+use crate::services::Services;
 use crate::store::sessions as session_store;
 
 /// What every page's layout needs: who is logged in (for the navigation and the logout form).
