@@ -140,7 +140,7 @@ async fn run_command(services: &Services, command: Command) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Verify => {
-            match crate::ledger::verify::verify(&services.ledger, &services.audit).await {
+            match crate::ledger::verify::check(&services.ledger, &services.audit).await {
                 Ok(Ok(report)) => {
                     println!(
                         "verify: ok {}",
