@@ -164,7 +164,7 @@ async fn run_command(services: &Services, command: Command) -> ExitCode {
 }
 
 async fn verify(services: &Services) -> ExitCode {
-    match crate::ledger::verify::verify(&services.ledger, &services.audit).await {
+    match crate::ledger::verify::check(&services.ledger, &services.audit).await {
         Ok(Ok(report)) => {
             println!(
                 "verify: ok {}",

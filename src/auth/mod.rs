@@ -8,9 +8,8 @@ pub mod totp;
 
 use crate::audit::{AuditContext, AuditEvent};
 use crate::crypto::{Aad, CryptoError};
-use crate::domain::UserId;
-use crate::domain::{Email, Password};
-use crate::services::Services;
+use crate::domain::{Email, Password, UserId};
+use crate::startup::Services;
 use crate::store::{StoreError, sessions as session_store, users as user_store};
 
 use self::password::{HashError, Verified};
@@ -232,92 +231,174 @@ pub async fn login(
 ) -> Result<NewSession, AuthError> {
     let now = crate::now_millis();
     let ip = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
-    if session_store::ip_login_failures(&services.db, &ip, now, LOGIN_THROTTLE_WINDOW_MILLIS)
-        .await?
-        >= LOGIN_FAILURES_PER_IP_MAX
-    {
-        services
-            .audit
-            .record_best_effort(
-                ctx,
-                AuditEvent::LoginFailed {
-                    reason: "ip_throttled",
-                },
-            )
-            .await;
-        return Err(AuthError::Throttled);
-    }
+    refuse_throttled_address(services, ctx, &ip, now).await?;
     let password = Password::parse_existing(attempt.password).ok();
-    let email = Email::parse(attempt.email).ok();
-    let user = match &email {
-        Some(email) => {
-            let bidx = services.keyring.blind_index("email", &email.lookup_key());
-            user_store::auth_by_email_bidx(&services.db, &bidx).await?
+    let user = user_by_email(services, attempt.email).await?;
+    let stored = user.as_ref().map(|u| u.password_hash.as_str());
+    let verified = verify_password(services, stored, password.as_ref()).await?;
+    let checked = check_account(services, ctx, attempt.otp, user, verified, now).await?;
+    let (user_id, method) = match checked {
+        Ok(passed) => passed,
+        Err(refusal) => {
+            record_refusal(services, ctx, &ip, now, refusal).await?;
+            return Err(AuthError::LoginFailed);
         }
-        None => None,
     };
-    let fail = |reason: &'static str, user_id: Option<UserId>| async move {
-        session_store::record_ip_login_failure(
-            &services.db,
-            &ip,
-            now,
-            LOGIN_THROTTLE_WINDOW_MILLIS,
+    let rehash = password
+        .as_ref()
+        .filter(|_| verified == Verified::YesRehash);
+    complete_login(services, ctx, user_id, rehash, method, user_agent).await
+}
+
+/// Refuses (audited) a client address that made too many failed logins in the window.
+async fn refuse_throttled_address(
+    services: &Services,
+    ctx: &AuditContext,
+    ip: &str,
+    now: i64,
+) -> Result<(), AuthError> {
+    let failures =
+        session_store::ip_login_failures(&services.db, ip, now, LOGIN_THROTTLE_WINDOW_MILLIS)
+            .await?;
+    if failures < LOGIN_FAILURES_PER_IP_MAX {
+        return Ok(());
+    }
+    services
+        .audit
+        .record_best_effort(
+            ctx,
+            AuditEvent::LoginFailed {
+                reason: "ip_throttled",
+            },
         )
-        .await?;
-        let ctx = AuditContext {
-            user_id,
-            ..ctx.clone()
-        };
-        services
-            .audit
-            .record_best_effort(&ctx, AuditEvent::LoginFailed { reason })
-            .await;
-        Err::<NewSession, AuthError>(AuthError::LoginFailed)
+        .await;
+    Err(AuthError::Throttled)
+}
+
+/// The account a typed email names, if it parses and is known.
+async fn user_by_email(
+    services: &Services,
+    email: &str,
+) -> Result<Option<user_store::UserAuthRow>, AuthError> {
+    let Ok(email) = Email::parse(email) else {
+        return Ok(None);
     };
-    // The same Argon2 work whatever is wrong, so timing tells nothing.
+    let bidx = services.keyring.blind_index("email", &email.lookup_key());
+    Ok(user_store::auth_by_email_bidx(&services.db, &bidx).await?)
+}
+
+/// Verifies a typed password against `stored` with the same Argon2 work whatever is wrong (no
+/// account: the dummy hash; a password that does not parse: a dummy password), so timing tells
+/// nothing. A password that does not parse is [`Verified::No`].
+async fn verify_password(
+    services: &Services,
+    stored: Option<&str>,
+    typed: Option<&Password>,
+) -> Result<Verified, AuthError> {
     let dummy = Password::parse_existing("not-a-real-password-0000")
         .map_err(|e| AuthError::Internal(e.to_string()))?;
     let verified = services
         .hasher
-        .verify(
-            user.as_ref().map(|u| u.password_hash.as_str()),
-            password.as_ref().unwrap_or(&dummy),
-        )
+        .verify(stored, typed.unwrap_or(&dummy))
         .await?;
+    Ok(if typed.is_some() {
+        verified
+    } else {
+        Verified::No
+    })
+}
+
+/// A login refused: the reason audited, and the account it names, if any.
+struct Refusal {
+    reason: &'static str,
+    user_id: Option<UserId>,
+}
+
+/// The checks once the password is verified, in order: a known account with a confirmed
+/// authenticator, not locked, the right password, then a right second factor. A wrong password
+/// or code counts against the account. Returns the account's id and the second factor's method.
+async fn check_account(
+    services: &Services,
+    ctx: &AuditContext,
+    otp: &str,
+    user: Option<user_store::UserAuthRow>,
+    verified: Verified,
+    now: i64,
+) -> Result<Result<(UserId, &'static str), Refusal>, AuthError> {
+    let refused = |reason, user_id| Ok(Err(Refusal { reason, user_id }));
     let Some(user) = user.filter(|u| u.totp_confirmed) else {
-        return fail("unknown_email", None).await;
+        return refused("unknown_email", None);
     };
     if user.locked_until_millis > now {
-        return fail("locked", Some(user.id)).await;
+        return refused("locked", Some(user.id));
     }
-    if password.is_none() || verified == Verified::No {
+    if verified == Verified::No {
         record_account_failure(services, ctx, user.id, user.lockouts).await?;
-        return fail("wrong_password", Some(user.id)).await;
+        return refused("wrong_password", Some(user.id));
     }
-    let second_factor = if totp::parse_code(attempt.otp).is_some() {
-        check_totp(services, user.id, attempt.otp)
-            .await?
-            .then_some("totp")
+    let Some(method) = second_factor(services, ctx, user.id, otp).await? else {
+        record_account_failure(services, ctx, user.id, user.lockouts).await?;
+        return refused("wrong_code", Some(user.id));
+    };
+    Ok(Ok((user.id, method)))
+}
+
+/// The method of a right second factor: a six-digit TOTP code, or else a recovery code (spent).
+async fn second_factor(
+    services: &Services,
+    ctx: &AuditContext,
+    user_id: UserId,
+    otp: &str,
+) -> Result<Option<&'static str>, AuthError> {
+    Ok(if totp::parse_code(otp).is_some() {
+        check_totp(services, user_id, otp).await?.then_some("totp")
     } else {
-        spend_recovery_code(services, ctx, user.id, attempt.otp)
+        spend_recovery_code(services, ctx, user_id, otp)
             .await?
             .then_some("recovery_code")
+    })
+}
+
+/// Counts a refused login against the client address, and audits it.
+async fn record_refusal(
+    services: &Services,
+    ctx: &AuditContext,
+    ip: &str,
+    now: i64,
+    refusal: Refusal,
+) -> Result<(), AuthError> {
+    session_store::record_ip_login_failure(&services.db, ip, now, LOGIN_THROTTLE_WINDOW_MILLIS)
+        .await?;
+    let ctx = AuditContext {
+        user_id: refusal.user_id,
+        ..ctx.clone()
     };
-    let Some(method) = second_factor else {
-        record_account_failure(services, ctx, user.id, user.lockouts).await?;
-        return fail("wrong_code", Some(user.id)).await;
+    let event = AuditEvent::LoginFailed {
+        reason: refusal.reason,
     };
-    user_store::record_login_success(&services.db, user.id).await?;
-    if verified == Verified::YesRehash
-        && let Some(password) = &password
-    {
+    services.audit.record_best_effort(&ctx, event).await;
+    Ok(())
+}
+
+/// A login that passed: the account's failures reset, an outdated hash replaced by `rehash`'s,
+/// and a new full session (audited).
+async fn complete_login(
+    services: &Services,
+    ctx: &AuditContext,
+    user_id: UserId,
+    rehash: Option<&Password>,
+    method: &'static str,
+    user_agent: Option<&str>,
+) -> Result<NewSession, AuthError> {
+    user_store::record_login_success(&services.db, user_id).await?;
+    if let Some(password) = rehash {
         let hash = services.hasher.hash(password).await?;
         let mut tx = services.db.begin_write().await?;
-        user_store::set_password_hash(&mut tx, user.id, &hash).await?;
+        user_store::set_password_hash(&mut tx, user_id, &hash).await?;
         tx.commit().await?;
     }
-    let ctx = ctx.with_user(user.id);
-    let new = session::create(services, user.id, Stage::Full, &ctx, user_agent).await?;
+    let ctx = ctx.with_user(user_id);
+    let new = session::create(services, user_id, Stage::Full, &ctx, user_agent).await?;
     services
         .audit
         .record_best_effort(&ctx, AuditEvent::LoginSucceeded { method })
@@ -413,18 +494,7 @@ pub async fn change_password(
 ) -> Result<(), PasswordChangeError> {
     let field =
         |field: &'static str, message: String| PasswordChangeError::Field { field, message };
-    let user = user_store::auth_by_id(&services.db, session.user_id)
-        .await
-        .map_err(AuthError::from)?
-        .ok_or(AuthError::LoginFailed)?;
-    let email_enc = user_store::email_enc(&services.db, user.id)
-        .await
-        .map_err(AuthError::from)?
-        .unwrap_or_default();
-    let email = services
-        .keyring
-        .open_string(&crate::customers::email_aad(user.id), &email_enc)
-        .map_err(AuthError::from)?;
+    let (user, email) = user_and_email(services, session.user_id).await?;
     let new = Password::parse_new(change.new, &user.username, &email)
         .map_err(|e| field("new_password", e.to_string()))?;
     if change.new != change.confirm {
@@ -434,17 +504,8 @@ pub async fn change_password(
         ));
     }
     let current = Password::parse_existing(change.current).ok();
-    let dummy = Password::parse_existing("not-a-real-password-0000")
-        .map_err(|e| AuthError::Internal(e.to_string()))?;
-    let verified = services
-        .hasher
-        .verify(
-            Some(&user.password_hash),
-            current.as_ref().unwrap_or(&dummy),
-        )
-        .await
-        .map_err(AuthError::from)?;
-    if current.is_none() || verified == Verified::No {
+    let stored = Some(user.password_hash.as_str());
+    if verify_password(services, stored, current.as_ref()).await? == Verified::No {
         return Err(field(
             "current_password",
             "Your current password is not correct.".into(),
@@ -456,15 +517,41 @@ pub async fn change_password(
             "The code is not correct, or was already used. Wait for the next code.".into(),
         ));
     }
-    let hash = services.hasher.hash(&new).await.map_err(AuthError::from)?;
-    let mut tx = services.db.begin_write().await.map_err(AuthError::from)?;
-    user_store::set_password_hash(&mut tx, user.id, &hash)
-        .await
-        .map_err(AuthError::from)?;
-    let ended = session_store::delete_others(&mut tx, user.id, &session.id_hash)
-        .await
-        .map_err(AuthError::from)?;
-    let ctx = ctx.with_user(user.id);
+    store_new_password(services, ctx, session, user.id, &new).await?;
+    Ok(())
+}
+
+/// The signed-in customer's account and email address.
+async fn user_and_email(
+    services: &Services,
+    user_id: UserId,
+) -> Result<(user_store::UserAuthRow, String), AuthError> {
+    let user = user_store::auth_by_id(&services.db, user_id)
+        .await?
+        .ok_or(AuthError::LoginFailed)?;
+    let email_enc = user_store::email_enc(&services.db, user.id)
+        .await?
+        .unwrap_or_default();
+    let email = services
+        .keyring
+        .open_string(&crate::customers::email_aad(user.id), &email_enc)?;
+    Ok((user, email))
+}
+
+/// In one transaction: the new password's hash stored and every other session ended, both
+/// audited.
+async fn store_new_password(
+    services: &Services,
+    ctx: &AuditContext,
+    session: &Session,
+    user_id: UserId,
+    new: &Password,
+) -> Result<(), AuthError> {
+    let hash = services.hasher.hash(new).await?;
+    let mut tx = services.db.begin_write().await?;
+    user_store::set_password_hash(&mut tx, user_id, &hash).await?;
+    let ended = session_store::delete_others(&mut tx, user_id, &session.id_hash).await?;
+    let ctx = ctx.with_user(user_id);
     services
         .audit
         .record_in(&mut tx, &ctx, AuditEvent::PasswordChanged)
@@ -477,7 +564,7 @@ pub async fn change_password(
             .await
             .map_err(|e| AuthError::Internal(e.to_string()))?;
     }
-    tx.commit().await.map_err(AuthError::from)?;
+    tx.commit().await?;
     Ok(())
 }
 

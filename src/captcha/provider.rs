@@ -163,44 +163,7 @@ impl Verifier {
         client_ip: Option<IpAddr>,
         timeout: Duration,
     ) -> Result<(), CaptchaError> {
-        let remote_ip = client_ip.map(|ip| ip.to_string());
-        let mut form: Vec<(&str, &str)> =
-            vec![("secret", self.secret.expose()), ("response", response)];
-        if let Some(ip) = remote_ip.as_deref() {
-            form.push(("remoteip", ip));
-        }
-        let call = async {
-            let mut answer = self
-                .client
-                .post(self.url.clone())
-                .form(&form)
-                .send()
-                .await
-                .map_err(|e| format!("request failed: {}", describe(e)))?;
-            if answer.status() != reqwest::StatusCode::OK {
-                return Err(format!("answered HTTP {}", answer.status().as_u16()));
-            }
-            if answer
-                .content_length()
-                .is_some_and(|length| length > PROVIDER_ANSWER_BYTES_MAX as u64)
-            {
-                return Err("answer too large".into());
-            }
-            let mut body = Vec::new();
-            while let Some(chunk) = answer
-                .chunk()
-                .await
-                .map_err(|e| format!("reading the answer failed: {}", describe(e)))?
-            {
-                if body.len() + chunk.len() > PROVIDER_ANSWER_BYTES_MAX {
-                    return Err("answer too large".into());
-                }
-                body.extend_from_slice(&chunk);
-            }
-            serde_json::from_slice::<VerifyAnswer>(&body)
-                .map_err(|_| "answer is not the expected JSON".to_string())
-        };
-        let answer = match tokio::time::timeout(timeout, call).await {
+        let answer = match tokio::time::timeout(timeout, self.ask(response, client_ip)).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(problem)) => {
                 tracing::warn!(provider = self.kind.name(), %problem, "captcha verification unavailable");
@@ -218,22 +181,74 @@ impl Verifier {
         if answer.success {
             Ok(())
         } else {
-            let codes: Vec<&str> = answer
-                .error_codes
-                .iter()
-                .take(PROVIDER_ERROR_CODES_LOGGED_MAX)
-                .map(|code| code.get(..64).unwrap_or(code))
-                .collect();
-            tracing::info!(provider = self.kind.name(), error_codes = ?codes, "captcha refused by provider");
-            if codes.iter().any(|code| code.contains("secret")) {
-                tracing::error!(
-                    provider = self.kind.name(),
-                    "the provider refuses ALPHABANK_CAPTCHA_SECRET: every captcha will fail"
-                );
-            }
-            Err(CaptchaError::ProviderRejected)
+            Err(self.refused(&answer))
         }
     }
+
+    /// One verification call: the form POSTed and the answer read and parsed. The error says
+    /// what failed, for the log.
+    async fn ask(&self, response: &str, client_ip: Option<IpAddr>) -> Result<VerifyAnswer, String> {
+        let remote_ip = client_ip.map(|ip| ip.to_string());
+        let mut form: Vec<(&str, &str)> =
+            vec![("secret", self.secret.expose()), ("response", response)];
+        if let Some(ip) = remote_ip.as_deref() {
+            form.push(("remoteip", ip));
+        }
+        let answer = self
+            .client
+            .post(self.url.clone())
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| format!("request failed: {}", describe(e)))?;
+        if answer.status() != reqwest::StatusCode::OK {
+            return Err(format!("answered HTTP {}", answer.status().as_u16()));
+        }
+        let body = read_answer(answer).await?;
+        serde_json::from_slice::<VerifyAnswer>(&body)
+            .map_err(|_| "answer is not the expected JSON".to_string())
+    }
+
+    /// Logs a refusal with the provider's first error codes (and, loudly, a refused secret).
+    fn refused(&self, answer: &VerifyAnswer) -> CaptchaError {
+        let codes: Vec<&str> = answer
+            .error_codes
+            .iter()
+            .take(PROVIDER_ERROR_CODES_LOGGED_MAX)
+            .map(|code| code.get(..64).unwrap_or(code))
+            .collect();
+        tracing::info!(provider = self.kind.name(), error_codes = ?codes, "captcha refused by provider");
+        if codes.iter().any(|code| code.contains("secret")) {
+            tracing::error!(
+                provider = self.kind.name(),
+                "the provider refuses ALPHABANK_CAPTCHA_SECRET: every captcha will fail"
+            );
+        }
+        CaptchaError::ProviderRejected
+    }
+}
+
+/// The answer's body, refused once it is larger than [`PROVIDER_ANSWER_BYTES_MAX`] (by its
+/// announced length, or as it arrives).
+async fn read_answer(mut answer: reqwest::Response) -> Result<Vec<u8>, String> {
+    if answer
+        .content_length()
+        .is_some_and(|length| length > PROVIDER_ANSWER_BYTES_MAX as u64)
+    {
+        return Err("answer too large".into());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = answer
+        .chunk()
+        .await
+        .map_err(|e| format!("reading the answer failed: {}", describe(e)))?
+    {
+        if body.len() + chunk.len() > PROVIDER_ANSWER_BYTES_MAX {
+            return Err("answer too large".into());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// A reqwest error's kind and text, without its URL (configuration; it keeps logs short).

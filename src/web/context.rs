@@ -5,10 +5,11 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 
+use super::error::render_error;
 use crate::audit::AuditContext;
 use crate::auth::session::{self, EndReason, Lookup, SESSION_COOKIE, Session};
 use crate::services::Services;
@@ -101,26 +102,47 @@ pub async fn request_context(
     response
 }
 
+/// One request through its layers, in order: the in-flight and size limits, the client's
+/// context, the session and the rate limit (not for static files or the health check), then the
+/// handler.
 async fn handle(
     services: Services,
     mut request: Request,
     next: Next,
     request_id: String,
 ) -> Response {
-    use axum::http::StatusCode;
     let Ok(_in_flight) = services.in_flight.clone().try_acquire_owned() else {
-        return super::error::render_error(
+        return render_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "The bank is very busy right now. Please try again in a moment.",
             &request_id,
         );
     };
+    if let Some(refused) = refuse_oversized(&request, &request_id) {
+        return refused;
+    }
+    let mut context = client_context(&services, &request, request_id.clone());
+    let path = request.uri().path().to_string();
+    if is_counted(&path) {
+        if let Err(failed) = look_up_session(&services, request.headers(), &mut context).await {
+            return failed;
+        }
+        if let Some(limited) = rate_limit(&services, &context, &path).await {
+            return limited;
+        }
+    }
+    request.extensions_mut().insert(context);
+    run_handler(next, request, &request_id).await
+}
+
+/// Refuses a request whose address or headers are larger than the limits.
+fn refuse_oversized(request: &Request, request_id: &str) -> Option<Response> {
     if request.uri().to_string().len() > crate::limits::REQUEST_URI_BYTES_MAX {
-        return super::error::render_error(
+        return Some(render_error(
             StatusCode::URI_TOO_LONG,
             "The address is too long.",
-            &request_id,
-        );
+            request_id,
+        ));
     }
     let head_bytes: usize = request
         .headers()
@@ -128,74 +150,100 @@ async fn handle(
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();
     if head_bytes > crate::limits::REQUEST_HEAD_BYTES_MAX {
-        return super::error::render_error(
+        return Some(render_error(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "The request headers are too large.",
-            &request_id,
-        );
+            request_id,
+        ));
     }
+    None
+}
+
+/// The request's context with no session yet: its id, the client address and the user agent.
+fn client_context(services: &Services, request: &Request, request_id: String) -> RequestContext {
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    let client_ip = client_ip(&services, peer, request.headers());
+    let client_ip = client_ip(services, peer, request.headers());
     let user_agent = request
         .headers()
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(|s| s.chars().take(session::USER_AGENT_CHARS_MAX).collect());
-    let mut context = RequestContext {
-        request_id: request_id.clone(),
+    RequestContext {
+        request_id,
         client_ip,
         user_agent,
         session: SessionState::Anonymous,
+    }
+}
+
+/// Whether a request looks up its session and counts against the rate limit: every one but
+/// static files and the health check.
+fn is_counted(path: &str) -> bool {
+    !(path.starts_with("/static/") || path == "/healthz")
+}
+
+/// Sets the context's session from the session cookie, if there is one; a failed lookup is the
+/// busy page (503).
+async fn look_up_session(
+    services: &Services,
+    headers: &HeaderMap,
+    context: &mut RequestContext,
+) -> Result<(), Response> {
+    let Some(value) = cookie(headers, SESSION_COOKIE) else {
+        return Ok(());
     };
-    let path = request.uri().path().to_string();
-    let counted = !(path.starts_with("/static/") || path == "/healthz");
-    if counted && let Some(value) = cookie(request.headers(), SESSION_COOKIE) {
-        match session::lookup(&services, value, &context.audit()).await {
-            Ok(Lookup::Live(s)) => context.session = SessionState::Live(s),
-            Ok(Lookup::Ended(reason)) => context.session = SessionState::Ended(reason),
-            Ok(Lookup::None) => {}
-            Err(error) => {
-                tracing::error!(%error, "session lookup failed");
-                return super::error::render_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "The bank is busy. Please try again in a moment.",
-                    &request_id,
-                );
-            }
+    match session::lookup(services, value, &context.audit()).await {
+        Ok(Lookup::Live(s)) => context.session = SessionState::Live(s),
+        Ok(Lookup::Ended(reason)) => context.session = SessionState::Ended(reason),
+        Ok(Lookup::None) => {}
+        Err(error) => {
+            tracing::error!(%error, "session lookup failed");
+            return Err(render_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The bank is busy. Please try again in a moment.",
+                &context.request_id,
+            ));
         }
     }
-    if counted {
-        let key = match &context.session {
-            SessionState::Live(s) => format!("s:{}", s.id_hash),
-            _ => format!(
-                "ip:{}",
-                context
-                    .client_ip
-                    .map(|ip| ip.to_string())
-                    .unwrap_or_default()
-            ),
-        };
-        if let super::rate_limit::Decision::Limited { retry_after } =
-            services.rate_limiter.check(&key)
-        {
-            return rate_limited(&services, &context, &path, retry_after).await;
-        }
+    Ok(())
+}
+
+/// The rate limit, counted per session when one is live and per client address otherwise; the
+/// 429 page once it is reached.
+async fn rate_limit(services: &Services, context: &RequestContext, path: &str) -> Option<Response> {
+    let key = match &context.session {
+        SessionState::Live(s) => format!("s:{}", s.id_hash),
+        _ => format!(
+            "ip:{}",
+            context
+                .client_ip
+                .map(|ip| ip.to_string())
+                .unwrap_or_default()
+        ),
+    };
+    if let super::rate_limit::Decision::Limited { retry_after } = services.rate_limiter.check(&key)
+    {
+        return Some(rate_limited(services, context, path, retry_after).await);
     }
-    request.extensions_mut().insert(context);
-    // A panic in a handler becomes the generic 500 page, never a dropped connection.
+    None
+}
+
+/// Runs the handler. A panic becomes the generic 500 page, never a dropped connection; a
+/// handler's error page is rendered with the request id.
+async fn run_handler(next: Next, request: Request, request_id: &str) -> Response {
     match futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(next.run(request)))
         .await
     {
-        Ok(response) => super::error::rendered_with_id(response, &request_id),
+        Ok(response) => super::error::rendered_with_id(response, request_id),
         Err(_) => {
             tracing::error!("handler panicked");
-            super::error::render_error(
+            render_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Something went wrong on our side. Nothing was changed. Please try again; if it keeps happening, contact us with the request id below.",
-                &request_id,
+                request_id,
             )
         }
     }
@@ -215,8 +263,8 @@ async fn rate_limited(
         .audit
         .record_best_effort(&context.audit(), event)
         .await;
-    let mut response = super::error::render_error(
-        axum::http::StatusCode::TOO_MANY_REQUESTS,
+    let mut response = render_error(
+        StatusCode::TOO_MANY_REQUESTS,
         "Too many requests. Wait a little and try again.",
         &context.request_id,
     );
