@@ -201,6 +201,30 @@ pub async fn lookup(
     }))
 }
 
+/// The customer's live sessions, newest first (the settings page's list).
+pub async fn list(services: &Services, user_id: UserId) -> Result<Vec<SessionRow>, StoreError> {
+    session_store::list_for_user(&services.db, user_id).await
+}
+
+/// How many of the customer's recovery codes are still unused.
+pub async fn recovery_codes_left(services: &Services, user_id: UserId) -> Result<i64, StoreError> {
+    session_store::recovery_codes_left(&services.db, user_id).await
+}
+
+/// Sets (or with `None` clears) the message shown on the session's next page.
+pub async fn set_flash(
+    services: &Services,
+    session: &Session,
+    message: Option<&str>,
+) -> Result<(), StoreError> {
+    session_store::set_flash(&services.db, &session.id_hash, message).await
+}
+
+/// Ends the session at once (its cookie no longer finds it); `false` if it had already ended.
+pub async fn end(services: &Services, session: &Session) -> Result<bool, StoreError> {
+    session_store::delete(&services.db, &session.id_hash).await
+}
+
 /// `Set-Cookie` for a new session: `__Host-` prefix, Secure, HttpOnly, SameSite=Strict, Path=/.
 pub fn cookie_header(value: &str) -> String {
     format!("{SESSION_COOKIE}={value}; Path=/; Secure; HttpOnly; SameSite=Strict")

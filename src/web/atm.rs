@@ -29,17 +29,15 @@ impl MoneyPage for AtmPage {
     };
 
     fn parse(form: &CsrfForm, errors: &mut Errors) -> Option<Parsed> {
-        let mut field = |name: &'static str, error: String| errors.add(name, error);
-        let amount =
-            DepositAmount::parse(form.get("amount")).map_err(|e| field("amount", e.to_string()));
-        let username =
-            Username::parse(form.get("username")).map_err(|e| field("username", e.to_string()));
-        let card_name =
-            CardName::parse(form.get("card_name")).map_err(|e| field("card_name", e.to_string()));
-        let (amount, own_username, card_name) = (amount.ok()?, username.ok()?, card_name.ok()?);
+        let amount = errors.check("amount", DepositAmount::parse(form.get("amount")));
+        let own = errors.check("username", Username::parse(form.get("username")));
+        let card_name = errors.check("card_name", CardName::parse(form.get("card_name")));
         Some(Parsed {
-            movement: Movement::Deposit { amount, card_name },
-            own_username,
+            movement: Movement::Deposit {
+                amount: amount?,
+                card_name: card_name?,
+            },
+            own_username: own?,
         })
     }
 

@@ -273,7 +273,7 @@ async fn rate_limited(
         response.headers_mut().insert(header::RETRY_AFTER, value);
     }
     if let SessionState::Live(session) = &context.session {
-        if let Err(error) = crate::store::sessions::delete(&services.db, &session.id_hash).await {
+        if let Err(error) = session::end(services, session).await {
             tracing::error!(%error, "could not end a rate-limited session");
         }
         if let Ok(value) = HeaderValue::from_str(&session::clear_cookie_header()) {

@@ -11,7 +11,6 @@ use super::form::CsrfForm;
 use super::view::{Chrome, Errors, flash, render};
 use crate::auth::{self, AuthError, PasswordChange, PasswordChangeError};
 use crate::services::Services;
-use crate::store::sessions as session_store;
 
 /// Security events shown on the settings page.
 pub const SETTINGS_EVENTS_MAX: u32 = 20;
@@ -85,7 +84,7 @@ async fn page(
 ) -> Result {
     let request_id = &user.context.request_id;
     let user_id = user.session.user_id;
-    let sessions = session_store::list_for_user(&services.db, user_id)
+    let sessions = crate::auth::session::list(services, user_id)
         .await?
         .into_iter()
         .map(|s| SessionLine {
@@ -107,7 +106,7 @@ async fn page(
             ip: l.client_ip.unwrap_or_default(),
         })
         .collect();
-    let recovery_left = session_store::recovery_codes_left(&services.db, user_id).await?;
+    let recovery_left = crate::auth::session::recovery_codes_left(services, user_id).await?;
     let chrome = Chrome::for_session(services, &user.session, true).await;
     Ok(render(
         status,

@@ -29,23 +29,17 @@ impl MoneyPage for TransferPage {
     };
 
     fn parse(form: &CsrfForm, errors: &mut Errors) -> Option<Parsed> {
-        let mut field = |name: &'static str, error: String| errors.add(name, error);
-        let amount = Amount::parse(form.get("amount")).map_err(|e| field("amount", e.to_string()));
-        let from = Username::parse(form.get("from_username"))
-            .map_err(|e| field("from_username", e.to_string()));
-        let to = Username::parse(form.get("to_username"))
-            .map_err(|e| field("to_username", e.to_string()));
-        let message =
-            Message::parse(form.get("message")).map_err(|e| field("message", e.to_string()));
-        let (amount, own_username, to, message) =
-            (amount.ok()?, from.ok()?, to.ok()?, message.ok()?);
+        let amount = errors.check("amount", Amount::parse(form.get("amount")));
+        let own = errors.check("from_username", Username::parse(form.get("from_username")));
+        let to = errors.check("to_username", Username::parse(form.get("to_username")));
+        let message = errors.check("message", Message::parse(form.get("message")));
         Some(Parsed {
             movement: Movement::Transfer {
-                to,
-                amount,
-                message,
+                to: to?,
+                amount: amount?,
+                message: message?,
             },
-            own_username,
+            own_username: own?,
         })
     }
 

@@ -8,7 +8,6 @@ use axum::response::{Html, IntoResponse, Response};
 use super::error::render_error;
 use crate::auth::session::Session;
 use crate::services::Services;
-use crate::store::sessions as session_store;
 
 /// What every page's layout needs: who is logged in (for the navigation and the logout form).
 #[derive(Debug, Clone, Default)]
@@ -29,7 +28,7 @@ impl Chrome {
         let username = Some(session.username.clone()).filter(|name| !name.is_empty());
         let flash = session.flash.clone();
         if flash.is_some()
-            && let Err(error) = session_store::set_flash(&services.db, &session.id_hash, None).await
+            && let Err(error) = crate::auth::session::set_flash(services, session, None).await
         {
             tracing::error!(%error, "could not clear flash message");
         }
@@ -51,6 +50,14 @@ impl Errors {
         if self.get(field).is_none() {
             self.0.push((field, message.into()));
         }
+    }
+    /// The parsed value of `field`, or `None` with its error's message added.
+    pub fn check<T, E: std::fmt::Display>(
+        &mut self,
+        field: &'static str,
+        parsed: Result<T, E>,
+    ) -> Option<T> {
+        parsed.map_err(|e| self.add(field, e.to_string())).ok()
     }
     pub fn get(&self, field: &str) -> Option<&str> {
         self.0
@@ -84,9 +91,7 @@ pub fn render<T: Template>(status: StatusCode, template: &T, request_id: &str) -
 
 /// Sets the flash message shown on the next page of this session.
 pub async fn flash(services: &Services, session: &Session, message: &str) {
-    if let Err(error) =
-        session_store::set_flash(&services.db, &session.id_hash, Some(message)).await
-    {
+    if let Err(error) = crate::auth::session::set_flash(services, session, Some(message)).await {
         tracing::error!(%error, "could not store flash message");
     }
 }
