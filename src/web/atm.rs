@@ -4,10 +4,10 @@
 use askama::Template;
 
 use super::form::CsrfForm;
-use super::money_form::{Fields, Frame, MoneyForm, MoneyPage, OwnUsernameField, Parsed};
+use super::money_form::{Fields, Frame, MoneyForm, MoneyPage};
 use super::view::{Chrome, Errors};
 use crate::captcha::CaptchaFields;
-use crate::domain::{CardName, DepositAmount, Username};
+use crate::domain::{CardName, DepositAmount};
 use crate::payments::{Kind, Movement};
 
 #[derive(Template)]
@@ -23,21 +23,16 @@ pub struct AtmPage {
 
 impl MoneyPage for AtmPage {
     const KIND: Kind = Kind::Deposit;
-    const OWN_USERNAME: OwnUsernameField = OwnUsernameField {
-        field: "username",
-        message: "Enter your own username: deposits go to your own account.",
-    };
+    const OWN_USERNAME_FIELD: &'static str = "username";
+    const NOT_OWN_USERNAME: &'static str =
+        "Enter your own username: deposits go to your own account.";
 
-    fn parse(form: &CsrfForm, errors: &mut Errors) -> Option<Parsed> {
+    fn movement(form: &CsrfForm, errors: &mut Errors) -> Option<Movement> {
         let amount = errors.check("amount", DepositAmount::parse(form.get("amount")));
-        let own = errors.check("username", Username::parse(form.get("username")));
         let card_name = errors.check("card_name", CardName::parse(form.get("card_name")));
-        Some(Parsed {
-            movement: Movement::Deposit {
-                amount: amount?,
-                card_name: card_name?,
-            },
-            own_username: own?,
+        Some(Movement::Deposit {
+            amount: amount?,
+            card_name: card_name?,
         })
     }
 

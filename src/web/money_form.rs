@@ -19,7 +19,7 @@ use crate::payments::{Command, Kind, Movement, PaymentError, Prepared, Receipt, 
 use crate::services::Services;
 
 /// A form's fields once parsed: what moves and the username the customer gave as their own.
-pub struct Parsed {
+struct Parsed {
     pub movement: Movement,
     pub own_username: Username,
 }
@@ -49,21 +49,17 @@ impl FormRefusal {
     }
 }
 
-/// The per-form texts of the one refusal whose field differs between the forms.
-pub struct OwnUsernameField {
-    pub field: &'static str,
-    pub message: &'static str,
-}
-
 /// A money page: its template, the kind of movement it makes and how its own fields are read
 /// and shown again. The flow around them is [`show`] and [`submit`].
 pub trait MoneyPage: Template + Sized {
     const KIND: Kind;
-    const OWN_USERNAME: OwnUsernameField;
+    /// The field where the customer gives their own username, and the message when it is not.
+    const OWN_USERNAME_FIELD: &'static str;
+    const NOT_OWN_USERNAME: &'static str;
 
-    /// The movement the form's fields describe, or `None` with each bad field's message added to
-    /// `errors`.
-    fn parse(form: &CsrfForm, errors: &mut Errors) -> Option<Parsed>;
+    /// The movement the page's own fields describe, or `None` with each bad field's message
+    /// added to `errors` (the own-username field is the flow's).
+    fn movement(form: &CsrfForm, errors: &mut Errors) -> Option<Movement>;
 
     /// The page around `frame` with its own fields from `fields`.
     fn page(frame: Frame, fields: &Fields<'_>) -> Self;
@@ -132,6 +128,17 @@ pub async fn show<P: MoneyPage>(State(services): State<Services>, user: CurrentU
     )
 }
 
+/// A money form's fields: the page's movement and the username the customer gave as their own.
+fn parse<P: MoneyPage>(form: &CsrfForm, errors: &mut Errors) -> Option<Parsed> {
+    let movement = P::movement(form, errors);
+    let own = P::OWN_USERNAME_FIELD;
+    let own_username = errors.check(own, Username::parse(form.get(own)));
+    Some(Parsed {
+        movement: movement?,
+        own_username: own_username?,
+    })
+}
+
 /// `POST` of a money page, in the contract's order: the idempotency key (a key that already
 /// moved money answers its receipt), field syntax, captcha, then the movement service
 /// (one-time code, business rules, one transaction). Money moved: a redirect to the receipt;
@@ -143,18 +150,8 @@ pub async fn submit<P: MoneyPage>(
 ) -> Response {
     let (services, user, form) = (&services, &user, &form);
     let mut errors = Errors::default();
-    let parsed = P::parse(form, &mut errors);
-    let refused = match run(
-        services,
-        user,
-        form,
-        P::KIND,
-        errors,
-        parsed,
-        &P::OWN_USERNAME,
-    )
-    .await
-    {
+    let parsed = parse::<P>(form, &mut errors);
+    let refused = match run::<P>(services, user, form, errors, parsed).await {
         Ok(receipt) => return see_other(&format!("/receipts/{}", receipt.entry_id)),
         Err(refused) => refused,
     };
@@ -176,14 +173,12 @@ pub async fn submit<P: MoneyPage>(
     render(refused.status, &page, &user.context.request_id)
 }
 
-async fn run(
+async fn run<P: MoneyPage>(
     services: &Services,
     user: &CurrentUser,
     form: &CsrfForm,
-    kind: Kind,
     field_errors: Errors,
     parsed: Option<Parsed>,
-    own: &OwnUsernameField,
 ) -> Result<Receipt, FormRefusal> {
     let payments = &services.payments;
     let customer = user.session.user_id;
@@ -202,7 +197,7 @@ async fn run(
     let ready = match payments.prepare(customer, key, receiver).await {
         Ok(Prepared::Replayed(receipt)) => return Ok(receipt),
         Ok(Prepared::Ready(ready)) => ready,
-        Err(error) => return Err(refusal_of(error, own)),
+        Err(error) => return Err(refusal_of::<P>(error)),
     };
     let Some(parsed) = parsed.filter(|_| field_errors.is_empty()) else {
         let refused = FormRefusal {
@@ -212,7 +207,7 @@ async fn run(
         };
         return Err(refused);
     };
-    let captcha = match captcha_gate::check(services, form, &user.context, kind.as_str()).await {
+    let captcha = match captcha_gate::check(services, form, &user.context, P::KIND.as_str()).await {
         Ok(pending) => pending,
         Err(failure) if failure.operating_error => return Err(unavailable(&failure.message)),
         Err(failure) => {
@@ -231,11 +226,11 @@ async fn run(
     payments
         .execute(&ctx, customer, own_name, ready, command)
         .await
-        .map_err(|error| refusal_of(error, own))
+        .map_err(|error| refusal_of::<P>(error))
 }
 
 /// How the movement service's answer is shown.
-fn refusal_of(error: PaymentError, own: &OwnUsernameField) -> FormRefusal {
+fn refusal_of<P: MoneyPage>(error: PaymentError) -> FormRefusal {
     let refusal = match error {
         PaymentError::Refused(refusal) => refusal,
         other => return unavailable(&other),
@@ -247,7 +242,11 @@ fn refusal_of(error: PaymentError, own: &OwnUsernameField) -> FormRefusal {
             "The code is not right, or was already used. Wait for the next code in your app."
                 .into(),
         ),
-        Refusal::NotOwnUsername => (StatusCode::FORBIDDEN, own.field, own.message.into()),
+        Refusal::NotOwnUsername => (
+            StatusCode::FORBIDDEN,
+            P::OWN_USERNAME_FIELD,
+            P::NOT_OWN_USERNAME.into(),
+        ),
         Refusal::InsufficientFunds => (
             StatusCode::CONFLICT,
             "amount",

@@ -3,7 +3,7 @@
 use askama::Template;
 
 use super::form::CsrfForm;
-use super::money_form::{Fields, Frame, MoneyForm, MoneyPage, OwnUsernameField, Parsed};
+use super::money_form::{Fields, Frame, MoneyForm, MoneyPage};
 use super::view::{Chrome, Errors};
 use crate::captcha::CaptchaFields;
 use crate::domain::{Amount, Message, Username};
@@ -23,23 +23,18 @@ pub struct TransferPage {
 
 impl MoneyPage for TransferPage {
     const KIND: Kind = Kind::Transfer;
-    const OWN_USERNAME: OwnUsernameField = OwnUsernameField {
-        field: "from_username",
-        message: "Enter your own username to confirm that the money leaves your account.",
-    };
+    const OWN_USERNAME_FIELD: &'static str = "from_username";
+    const NOT_OWN_USERNAME: &'static str =
+        "Enter your own username to confirm that the money leaves your account.";
 
-    fn parse(form: &CsrfForm, errors: &mut Errors) -> Option<Parsed> {
-        let amount = errors.check("amount", Amount::parse(form.get("amount")));
-        let own = errors.check("from_username", Username::parse(form.get("from_username")));
+    fn movement(form: &CsrfForm, errors: &mut Errors) -> Option<Movement> {
         let to = errors.check("to_username", Username::parse(form.get("to_username")));
+        let amount = errors.check("amount", Amount::parse(form.get("amount")));
         let message = errors.check("message", Message::parse(form.get("message")));
-        Some(Parsed {
-            movement: Movement::Transfer {
-                to: to?,
-                amount: amount?,
-                message: message?,
-            },
-            own_username: own?,
+        Some(Movement::Transfer {
+            to: to?,
+            amount: amount?,
+            message: message?,
         })
     }
 
