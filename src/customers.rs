@@ -31,6 +31,45 @@ impl From<StoreError> for CreateCustomerError {
     }
 }
 
+/// Sign-ups one client address may start per window, counted before the password is hashed.
+pub const SIGNUPS_PER_IP_MAX: i64 = 20;
+pub const SIGNUP_THROTTLE_WINDOW_MILLIS: i64 = 60 * 60 * 1_000;
+
+/// Whether a sign-up may go on to hash its password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignupGate {
+    Open,
+    UsernameTaken,
+    /// The client address started [`SIGNUPS_PER_IP_MAX`] sign-ups in the window (audited).
+    Throttled,
+}
+
+/// The checks of a sign-up that cost no Argon2 work: the username is free (checked again by the
+/// insert's unique index), and the client address is under its sign-ups for the window (counted
+/// in one statement, so sign-ups at the same moment cannot pass it together).
+pub async fn signup_allowed(
+    services: &Services,
+    ctx: &AuditContext,
+    username: &Username,
+) -> Result<SignupGate, StoreError> {
+    if user_store::id_by_username_key(&services.db, &username.lookup_key())
+        .await?
+        .is_some()
+    {
+        return Ok(SignupGate::UsernameTaken);
+    }
+    let ip = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+    let now = crate::now_millis();
+    let window = SIGNUP_THROTTLE_WINDOW_MILLIS;
+    let db = &services.db;
+    if crate::store::sessions::charge_signup(db, &ip, now, window, SIGNUPS_PER_IP_MAX).await? {
+        return Ok(SignupGate::Open);
+    }
+    let event = AuditEvent::SignupThrottled;
+    services.audit.record_best_effort(ctx, event).await;
+    Ok(SignupGate::Throttled)
+}
+
 pub fn email_aad(user_id: UserId) -> Aad {
     Aad::new("users", "email_enc", user_id)
 }

@@ -416,7 +416,10 @@ enum Money {
     NoCode,
 }
 
-/// GETs a money form (`/transfer` or `/atm`), fills it and POSTs it.
+/// GETs a money form (`/transfer` or `/atm`), fills it and POSTs it. The ATM form carries its
+/// code; a transfer is reviewed first (`200` with the review page) and then confirmed with the
+/// code (`POST /transfer/confirm`). A customer without a code left is `NoCode` before anything
+/// is sent.
 async fn money_form(
     ctx: &Ctx,
     c: &Customer,
@@ -433,10 +436,33 @@ async fn money_form(
     let Some(otp) = c.next_code() else {
         return Ok(Money::NoCode);
     };
-    let mut form = vec![("csrf_token", csrf), ("idempotency_key", key), ("otp", otp)];
+    let reviewed = path == "/transfer";
+    let mut form = vec![("csrf_token", csrf.clone()), ("idempotency_key", key)];
+    if !reviewed {
+        form.push(("otp", otp.clone()));
+    }
     form.extend(fields.iter().cloned());
     add_pow(&page, &mut form)?;
     let response = c.client.post(ctx.url(path)).form(&form).send().await?;
+    let status = response.status().as_u16();
+    if reviewed && status == 200 {
+        let review = response.text().await.unwrap_or_default();
+        let confirmation = input_value(&review, "confirmation")
+            .ok_or_else(|| anyhow!("{path}: a 200 without a confirmation"))?;
+        let confirm = [
+            ("csrf_token", csrf),
+            ("confirmation", confirmation),
+            ("otp", otp),
+        ];
+        let url = ctx.url("/transfer/confirm");
+        let response = c.client.post(url).form(&confirm).send().await?;
+        return answer(response).await;
+    }
+    answer(response).await
+}
+
+/// A money POST's answer: its status, and what the page says when it is not a redirect.
+async fn answer(response: reqwest::Response) -> Result<Money> {
     let status = response.status().as_u16();
     let body = if status == 303 {
         String::new()

@@ -26,15 +26,20 @@ use crate::store::{Db, StoreError, Tx, WriteTx};
 #[serde(tag = "event", content = "detail", rename_all = "snake_case")]
 pub enum AuditEvent {
     Signup,
+    /// A client address over its sign-ups for the window.
+    SignupThrottled,
     LoginSucceeded {
         method: &'static str,
     },
     LoginFailed {
         reason: &'static str,
     },
+    /// A failure count locked: `scope` "shared" (every browser without the account's device
+    /// cookie) or "device" (one known browser).
     AccountLocked {
         locked_for_secs: i64,
         lockouts: i64,
+        scope: &'static str,
     },
     Logout,
     SessionExpired {
@@ -71,6 +76,10 @@ pub enum AuditEvent {
         path: String,
     },
     PasswordChanged,
+    /// A password change refused for a wrong current password or code (one message to the user).
+    PasswordChangeRefused {
+        reason: &'static str,
+    },
     KeyRotation {
         new_key_id: u32,
         resealed: u64,

@@ -2,6 +2,7 @@
 //! lockout, password change. Every login failure looks the same to the client: same status, same
 //! words, and about the same time (a dummy hash is verified for unknown emails).
 
+pub mod failures;
 pub mod password;
 pub mod session;
 pub mod totp;
@@ -10,17 +11,15 @@ use crate::audit::{AuditContext, AuditEvent};
 use crate::crypto::{Aad, CryptoError};
 use crate::domain::{Email, Password, UserId};
 use crate::startup::Services;
+use crate::store::failures::{self as failure_store, Count, Side};
+use crate::store::users::CodeCheck;
 use crate::store::{StoreError, sessions as session_store, users as user_store};
 
 use self::password::{HashError, Verified};
 use self::session::{NewSession, Session, Stage};
 use self::totp::TotpSecret;
 
-/// Consecutive failures (wrong password or code) before an account refuses logins.
-pub const LOGIN_FAILURES_BEFORE_LOCKOUT: i64 = 5;
-/// First lockout; each further lockout doubles it (CONTRACT §3), up to the maximum.
-pub const LOCKOUT_SECS: i64 = 15 * 60;
-pub const LOCKOUT_SECS_MAX: i64 = 24 * 60 * 60;
+pub use self::failures::{FAILURES_MAX, LOCKOUT_SECS, LOCKOUT_SECS_MAX};
 /// Failed logins one client address may make per window before it is throttled.
 pub const LOGIN_FAILURES_PER_IP_MAX: i64 = 100;
 pub const LOGIN_THROTTLE_WINDOW_MILLIS: i64 = 15 * 60 * 1_000;
@@ -110,9 +109,10 @@ pub async fn check_totp(
     services: &Services,
     user_id: UserId,
     code: &str,
+    check: CodeCheck,
 ) -> Result<bool, AuthError> {
     match totp_candidate_step(services, user_id, code).await? {
-        Some(step) => Ok(user_store::spend_totp_step(&services.db, user_id, step).await?),
+        Some(step) => Ok(user_store::spend_totp_step(&services.db, user_id, step, check).await?),
         None => Ok(false),
     }
 }
@@ -167,7 +167,7 @@ pub async fn confirm_enrollment(
     code: &str,
     user_agent: Option<&str>,
 ) -> Result<Option<NewSession>, AuthError> {
-    if !check_totp(services, pending.user_id, code).await? {
+    if !check_totp(services, pending.user_id, code, CodeCheck::Login).await? {
         return Ok(None);
     }
     let codes: Vec<String> = (0..RECOVERY_CODES).map(|_| new_recovery_code()).collect();
@@ -214,40 +214,73 @@ pub async fn take_recovery_codes(
     Ok(Some(text.lines().map(str::to_string).collect()))
 }
 
-/// What a login attempt carries, as typed.
+/// What a login attempt carries, as typed, and the browser's device cookie.
 pub struct LoginAttempt<'a> {
     pub email: &'a str,
     pub password: &'a str,
     pub otp: &'a str,
+    pub device_cookie: Option<&'a str>,
+}
+
+/// A login that passed: the new session, and the device cookie the browser is to keep.
+pub struct LoggedIn {
+    pub session: NewSession,
+    pub device_cookie: String,
 }
 
 /// Logs a customer in. Every failure is [`AuthError::LoginFailed`] (or `Throttled`/`Busy`, which
-/// say nothing about the account).
+/// say nothing about the account). The failure is charged to its count before the password is
+/// verified (see [`failures`]); the same Argon2 work is done whatever is wrong.
 pub async fn login(
     services: &Services,
     ctx: &AuditContext,
     attempt: &LoginAttempt<'_>,
     user_agent: Option<&str>,
-) -> Result<NewSession, AuthError> {
+) -> Result<LoggedIn, AuthError> {
     let now = crate::now_millis();
     let ip = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
     refuse_throttled_address(services, ctx, &ip, now).await?;
     let password = Password::parse_existing(attempt.password).ok();
     let user = user_by_email(services, attempt.email).await?;
-    let stored = user.as_ref().map(|u| u.password_hash.as_str());
+    let gate = gate(services, user, attempt.device_cookie, now).await?;
+    let stored = match &gate {
+        Gate::Open(charged) => Some(charged.user.password_hash.as_str()),
+        Gate::NoAccount | Gate::Locked(_) => None,
+    };
     let verified = verify_password(services, stored, password.as_ref()).await?;
-    let checked = check_account(services, ctx, attempt.otp, user, verified, now).await?;
-    let (user_id, method) = match checked {
-        Ok(passed) => passed,
-        Err(refusal) => {
-            record_refusal(services, ctx, &ip, now, refusal).await?;
-            return Err(AuthError::LoginFailed);
+    let refuse = |reason, user_id| Refusal { reason, user_id };
+    let charged = match gate {
+        Gate::NoAccount => {
+            return refused(services, ctx, &ip, now, refuse("unknown_email", None)).await;
+        }
+        Gate::Locked(id) => {
+            return refused(services, ctx, &ip, now, refuse("locked", Some(id))).await;
+        }
+        Gate::Open(charged) => charged,
+    };
+    let user_id = charged.user.id;
+    let method = match check_factors(services, ctx, &charged, verified, attempt.otp).await? {
+        Ok(method) => method,
+        Err(reason) => {
+            let (side, count) = (&charged.side, charged.count);
+            failures::lock_if_full(&services.db, &services.audit, ctx, user_id, side, count)
+                .await?;
+            return refused(services, ctx, &ip, now, refuse(reason, Some(user_id))).await;
         }
     };
+    // The lock re-checked as the count starts again: no session while the count is locked.
+    if !failure_store::clear(&services.db, user_id, &charged.side, crate::now_millis()).await? {
+        return refused(services, ctx, &ip, now, refuse("locked", Some(user_id))).await;
+    }
     let rehash = password
         .as_ref()
         .filter(|_| verified == Verified::YesRehash);
-    complete_login(services, ctx, user_id, rehash, method, user_agent).await
+    let session = complete_login(services, ctx, user_id, rehash, method, user_agent).await?;
+    let device_cookie = remember_device(services, user_id, attempt.device_cookie).await?;
+    Ok(LoggedIn {
+        session,
+        device_cookie,
+    })
 }
 
 /// Refuses (audited) a client address that made too many failed logins in the window.
@@ -314,33 +347,55 @@ struct Refusal {
     user_id: Option<UserId>,
 }
 
-/// The checks once the password is verified, in order: a known account with a confirmed
-/// authenticator, not locked, the right password, then a right second factor. A wrong password
-/// or code counts against the account. Returns the account's id and the second factor's method.
-async fn check_account(
+/// Whether a login's password may be verified against an account.
+enum Gate {
+    /// No account with a confirmed authenticator has that email.
+    NoAccount,
+    /// The count this browser's failures go to is locked, or full with failures in flight.
+    Locked(UserId),
+    /// The failure is charged in advance.
+    Open(Charged),
+}
+
+/// An account whose login failure was charged to `side`, leaving `count`.
+struct Charged {
+    user: user_store::UserAuthRow,
+    side: Side,
+    count: Count,
+}
+
+async fn gate(
+    services: &Services,
+    user: Option<user_store::UserAuthRow>,
+    device_cookie: Option<&str>,
+    now: i64,
+) -> Result<Gate, AuthError> {
+    let Some(user) = user.filter(|u| u.totp_confirmed) else {
+        return Ok(Gate::NoAccount);
+    };
+    let side = failures::side_of(&services.db, &services.keyring, user.id, device_cookie).await?;
+    Ok(
+        match failure_store::charge(&services.db, user.id, &side, now).await? {
+            Some(count) => Gate::Open(Charged { user, side, count }),
+            None => Gate::Locked(user.id),
+        },
+    )
+}
+
+/// The password, then the second factor: `Ok(the second factor's method)` or `Err(the reason)`.
+async fn check_factors(
     services: &Services,
     ctx: &AuditContext,
-    otp: &str,
-    user: Option<user_store::UserAuthRow>,
+    charged: &Charged,
     verified: Verified,
-    now: i64,
-) -> Result<Result<(UserId, &'static str), Refusal>, AuthError> {
-    let refused = |reason, user_id| Ok(Err(Refusal { reason, user_id }));
-    let Some(user) = user.filter(|u| u.totp_confirmed) else {
-        return refused("unknown_email", None);
-    };
-    if user.locked_until_millis > now {
-        return refused("locked", Some(user.id));
-    }
+    otp: &str,
+) -> Result<Result<&'static str, &'static str>, AuthError> {
     if verified == Verified::No {
-        record_account_failure(services, ctx, user.id, user.lockouts).await?;
-        return refused("wrong_password", Some(user.id));
+        return Ok(Err("wrong_password"));
     }
-    let Some(method) = second_factor(services, ctx, user.id, otp).await? else {
-        record_account_failure(services, ctx, user.id, user.lockouts).await?;
-        return refused("wrong_code", Some(user.id));
-    };
-    Ok(Ok((user.id, method)))
+    Ok(second_factor(services, ctx, charged.user.id, otp)
+        .await?
+        .ok_or("wrong_code"))
 }
 
 /// The method of a right second factor: a six-digit TOTP code, or else a recovery code (spent).
@@ -351,7 +406,9 @@ async fn second_factor(
     otp: &str,
 ) -> Result<Option<&'static str>, AuthError> {
     Ok(if totp::parse_code(otp).is_some() {
-        check_totp(services, user_id, otp).await?.then_some("totp")
+        check_totp(services, user_id, otp, CodeCheck::Login)
+            .await?
+            .then_some("totp")
     } else {
         spend_recovery_code(services, ctx, user_id, otp)
             .await?
@@ -359,14 +416,14 @@ async fn second_factor(
     })
 }
 
-/// Counts a refused login against the client address, and audits it.
-async fn record_refusal(
+/// Counts a refused login against the client address, audits it, and answers the one failure.
+async fn refused<T>(
     services: &Services,
     ctx: &AuditContext,
     ip: &str,
     now: i64,
     refusal: Refusal,
-) -> Result<(), AuthError> {
+) -> Result<T, AuthError> {
     session_store::record_ip_login_failure(&services.db, ip, now, LOGIN_THROTTLE_WINDOW_MILLIS)
         .await?;
     let ctx = AuditContext {
@@ -377,11 +434,11 @@ async fn record_refusal(
         reason: refusal.reason,
     };
     services.audit.record_best_effort(&ctx, event).await;
-    Ok(())
+    Err(AuthError::LoginFailed)
 }
 
-/// A login that passed: the account's failures reset, an outdated hash replaced by `rehash`'s,
-/// and a new full session (audited).
+/// A login that passed: an outdated hash replaced by `rehash`'s, and a new full session
+/// (audited).
 async fn complete_login(
     services: &Services,
     ctx: &AuditContext,
@@ -390,7 +447,6 @@ async fn complete_login(
     method: &'static str,
     user_agent: Option<&str>,
 ) -> Result<NewSession, AuthError> {
-    user_store::record_login_success(&services.db, user_id).await?;
     if let Some(password) = rehash {
         let hash = services.hasher.hash(password).await?;
         let mut tx = services.db.begin_write().await?;
@@ -404,6 +460,24 @@ async fn complete_login(
         .record_best_effort(&ctx, AuditEvent::LoginSucceeded { method })
         .await;
     Ok(new)
+}
+
+/// Remembers the browser that logged in (or finished enrolling): its device cookie if it sent a
+/// well-formed one, else a new one. Returns the cookie's value (sent again, so its year starts
+/// again).
+pub async fn remember_device(
+    services: &Services,
+    user_id: UserId,
+    sent: Option<&str>,
+) -> Result<String, AuthError> {
+    let cookie = sent
+        .filter(|c| failures::device_hash(&services.keyring, c).is_some())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_else(failures::new_device_cookie);
+    if let Some(hash) = failures::device_hash(&services.keyring, &cookie) {
+        failure_store::remember_device(&services.db, user_id, &hash, crate::now_millis()).await?;
+    }
+    Ok(cookie)
 }
 
 async fn spend_recovery_code(
@@ -436,37 +510,6 @@ async fn spend_recovery_code(
     Ok(spent)
 }
 
-/// Counts a failure against the account; the fifth in a row locks it (15 min, doubling).
-async fn record_account_failure(
-    services: &Services,
-    ctx: &AuditContext,
-    user_id: UserId,
-    lockouts: i64,
-) -> Result<(), AuthError> {
-    let failures = user_store::record_login_failure(&services.db, user_id).await?;
-    if failures >= LOGIN_FAILURES_BEFORE_LOCKOUT {
-        let factor = 1i64 << lockouts.clamp(0, 20);
-        let locked_for_secs = LOCKOUT_SECS.saturating_mul(factor).min(LOCKOUT_SECS_MAX);
-        let lockouts = user_store::lock_account(
-            &services.db,
-            user_id,
-            crate::now_millis() + locked_for_secs * 1_000,
-        )
-        .await?;
-        services
-            .audit
-            .record_best_effort(
-                &ctx.with_user(user_id),
-                AuditEvent::AccountLocked {
-                    locked_for_secs,
-                    lockouts,
-                },
-            )
-            .await;
-    }
-    Ok(())
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum PasswordChangeError {
     #[error("{message}")]
@@ -474,9 +517,22 @@ pub enum PasswordChangeError {
         field: &'static str,
         message: String,
     },
+    /// The failure filled the account's count: the session must end (CONTRACT §3).
+    #[error("Too many wrong passwords or codes.")]
+    TooManyFailures,
     #[error(transparent)]
     Auth(#[from] AuthError),
 }
+
+impl From<StoreError> for PasswordChangeError {
+    fn from(error: StoreError) -> Self {
+        PasswordChangeError::Auth(error.into())
+    }
+}
+
+/// The one message for a wrong current password or a wrong code (no oracle for either).
+pub const WRONG_PASSWORD_OR_CODE: &str =
+    "Your current password or the code is not correct (a code can be used once). Try again.";
 
 pub struct PasswordChange<'a> {
     pub current: &'a str,
@@ -503,19 +559,28 @@ pub async fn change_password(
             "The two new passwords are not the same.".into(),
         ));
     }
+    // Charged before the hash: at most FAILURES_MAX guesses are evaluated per count.
+    let Some(count) = failure_store::charge_in_session(&services.db, user.id).await? else {
+        return Err(PasswordChangeError::TooManyFailures);
+    };
     let current = Password::parse_existing(change.current).ok();
     let stored = Some(user.password_hash.as_str());
-    if verify_password(services, stored, current.as_ref()).await? == Verified::No {
-        return Err(field(
-            "current_password",
-            "Your current password is not correct.".into(),
-        ));
-    }
-    if !check_totp(services, user.id, change.otp).await? {
-        return Err(field(
-            "otp",
-            "The code is not correct, or was already used. Wait for the next code.".into(),
-        ));
+    let reason = if verify_password(services, stored, current.as_ref()).await? == Verified::No {
+        Some("wrong_password")
+    } else if !check_totp(services, user.id, change.otp, CodeCheck::Login).await? {
+        Some("wrong_code")
+    } else {
+        None
+    };
+    if let Some(reason) = reason {
+        let ctx = ctx.with_user(user.id);
+        let event = AuditEvent::PasswordChangeRefused { reason };
+        services.audit.record_best_effort(&ctx, event).await;
+        let (db, audit) = (&services.db, &services.audit);
+        if failures::lock_if_full(db, audit, &ctx, user.id, &Side::Shared, count).await? {
+            return Err(PasswordChangeError::TooManyFailures);
+        }
+        return Err(field("current_password", WRONG_PASSWORD_OR_CODE.into()));
     }
     store_new_password(services, ctx, session, user.id, &new).await?;
     Ok(())
@@ -550,6 +615,7 @@ async fn store_new_password(
     let hash = services.hasher.hash(new).await?;
     let mut tx = services.db.begin_write().await?;
     user_store::set_password_hash(&mut tx, user_id, &hash).await?;
+    failure_store::reset_in_session(&mut tx, user_id).await?;
     let ended = session_store::delete_others(&mut tx, user_id, &session.id_hash).await?;
     let ctx = ctx.with_user(user_id);
     services

@@ -201,6 +201,23 @@ pub async fn lookup(
     }))
 }
 
+/// Ends the session because a failure inside it filled the account's failure count (CONTRACT
+/// §3), audited `session_expired` with reason `too_many_failures`.
+pub async fn end_after_failures(
+    services: &Services,
+    ctx: &AuditContext,
+    session: &Session,
+) -> Result<(), StoreError> {
+    if session_store::delete(&services.db, &session.id_hash).await? {
+        let event = AuditEvent::SessionExpired {
+            reason: "too_many_failures",
+        };
+        let ctx = ctx.with_user(session.user_id);
+        services.audit.record_best_effort(&ctx, event).await;
+    }
+    Ok(())
+}
+
 /// The customer's live sessions, newest first (the settings page's list).
 pub async fn list(services: &Services, user_id: UserId) -> Result<Vec<SessionRow>, StoreError> {
     session_store::list_for_user(&services.db, user_id).await

@@ -392,14 +392,17 @@ impl Captcha {
         client_ip: Option<IpAddr>,
     ) -> Result<(), CaptchaError> {
         match self.check(submission, client_ip).await? {
-            Some(pending) => {
-                let mut tx = self.inner.db.begin_write().await?;
-                self.spend_in(&mut Tx::Sqlx(&mut tx), pending).await?;
-                tx.commit().await?;
-                Ok(())
-            }
+            Some(pending) => self.spend(pending).await,
             None => Ok(()),
         }
+    }
+
+    /// Spends a checked challenge's replay mark in a transaction of its own.
+    pub async fn spend(&self, pending: PendingSpend) -> Result<(), CaptchaError> {
+        let mut tx = self.inner.db.begin_write().await?;
+        self.spend_in(&mut Tx::Sqlx(&mut tx), pending).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Everything [`Captcha::verify`] checks except the replay mark, which needs no database

@@ -63,7 +63,9 @@ impl Password {
                 return Err(PasswordError::FromIdentity);
             }
         }
-        let inputs: Vec<&str> = identities.iter().map(String::as_str).collect();
+        // The bank's own name is the first word a guesser tries.
+        let mut inputs: Vec<&str> = identities.iter().map(String::as_str).collect();
+        inputs.extend(["alphabank", "bank"]);
         let estimate = zxcvbn::zxcvbn(&password.0, &inputs);
         if (estimate.score() as u8) < Self::SCORE_MIN {
             return Err(PasswordError::TooGuessable);
@@ -89,6 +91,19 @@ mod tests {
 
     const USER: &str = "kari.nordmann";
     const EMAIL: &str = "kari@example.no";
+
+    #[test]
+    fn the_banks_own_name_makes_a_password_guessable() {
+        for password in ["alphabank2026!", "AlphaBank-2026", "alphabankoslo1"] {
+            // Strong to zxcvbn on its own; a guesser of this bank tries its name first.
+            assert!(zxcvbn::zxcvbn(password, &[]).score() as u8 >= Password::SCORE_MIN);
+            assert_eq!(
+                Password::parse_new(password, USER, EMAIL).err(),
+                Some(PasswordError::TooGuessable),
+                "{password}"
+            );
+        }
+    }
 
     #[test]
     fn strong_passwords_pass() {

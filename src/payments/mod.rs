@@ -10,6 +10,12 @@
 //! of its own). A refusal from the code check on commits the spent captcha and code step with
 //! its audit event, so neither can be tried again; an operating error rolls everything back.
 
+mod confirmation;
+mod review;
+
+pub use confirmation::{CONFIRMATION_TTL_MILLIS, ConfirmationError, Reviewed};
+pub use review::{Review, TransferOrder};
+
 use crate::audit::{AuditContext, AuditEvent, AuditLog};
 use crate::auth::totp_step_with;
 use crate::captcha::{CaptchaError, PendingSpend};
@@ -17,6 +23,8 @@ use crate::crypto::Keyring;
 use crate::domain::UserId;
 use crate::domain::{Amount, CardName, DepositAmount, IdempotencyKey, Message, Username};
 use crate::ledger::{Ledger, LedgerError, Move};
+use crate::store::failures::{self as failure_store, Count, Side};
+use crate::store::users::CodeCheck;
 use crate::store::{Db, StoreError, Tx, TxWork, Verdict};
 
 /// Which kind of movement a form makes (named in its audit events): the kind of the journal
@@ -47,11 +55,11 @@ impl Movement {
 }
 
 /// A money form's command, once its key was accepted, its fields parsed and its captcha
-/// checked: who moves what, the username the customer typed as their own, the one-time code
-/// and the captcha still to spend.
+/// checked: who moves what, the username the customer typed as their own (`None`: checked when
+/// the transfer was reviewed), the one-time code and the captcha still to spend.
 pub struct Command {
     pub movement: Movement,
-    pub own_username: Username,
+    pub own_username: Option<Username>,
     pub otp: String,
     pub captcha: Option<PendingSpend>,
 }
@@ -67,6 +75,9 @@ pub struct Receipt {
 pub enum Refusal {
     /// The code is wrong, or its step was already used.
     WrongCode,
+    /// A wrong code that filled the account's failure count: the session must end, and the
+    /// count is locked (CONTRACT §3).
+    TooManyFailures,
     /// The username given as the customer's own is someone else's.
     NotOwnUsername,
     InsufficientFunds,
@@ -74,18 +85,21 @@ pub enum Refusal {
     UnknownReceiver,
     /// The captcha's replay mark was already spent (here or on another instance).
     CaptchaReused(CaptchaError),
+    /// A transfer's confirmation was changed, foreign or expired: review it again.
+    Confirmation(ConfirmationError),
 }
 
 impl Refusal {
     /// The audit event's reason.
     pub fn reason(&self) -> &'static str {
         match self {
-            Refusal::WrongCode => "wrong_code",
+            Refusal::WrongCode | Refusal::TooManyFailures => "wrong_code",
             Refusal::NotOwnUsername => "not_own_username",
             Refusal::InsufficientFunds => "insufficient_funds",
             Refusal::SelfTransfer => "self_transfer",
             Refusal::UnknownReceiver => "unknown_receiver",
             Refusal::CaptchaReused(_) => "captcha_failed",
+            Refusal::Confirmation(error) => error.reason(),
         }
     }
 
@@ -245,14 +259,25 @@ impl Payments {
             customer,
             captcha: command.captcha,
             step,
-            own_username_ok: command.own_username.lookup_key() == own_username.to_ascii_lowercase(),
+            own_username_ok: command
+                .own_username
+                .is_none_or(|typed| typed.lookup_key() == own_username.to_ascii_lowercase()),
             what,
             key: ready.key,
             outcome: None,
+            failures: None,
         };
-        let outcome = self.db.run_write(work).await?.outcome.unwrap_or_else(|| {
+        let done = self.db.run_write(work).await?;
+        let outcome = done.outcome.unwrap_or_else(|| {
             Err(StoreError::Corrupt("a movement's transaction did not run".into()).into())
         });
+        if let Some(count) = done.failures {
+            let (db, audit) = (&self.db, &self.audit);
+            let side = &Side::Shared;
+            if crate::auth::failures::lock_if_full(db, audit, ctx, customer, side, count).await? {
+                return Err(PaymentError::Refused(Refusal::TooManyFailures));
+            }
+        }
         if let Err(PaymentError::Refused(Refusal::CaptchaReused(_))) = &outcome {
             // Audited once the write gate is free (nothing of the movement was written).
             let event = AuditEvent::CaptchaFailed {
@@ -287,11 +312,25 @@ struct MovementWork {
     what: Move,
     key: IdempotencyKey,
     outcome: Option<Result<Receipt, PaymentError>>,
+    /// The shared failure count after a wrong code, counted in the refusal's transaction.
+    failures: Option<Count>,
 }
 
 impl TxWork for MovementWork {
     async fn run(&mut self, tx: &mut Tx<'_>) -> Verdict {
         let (verdict, outcome) = self.decide(tx).await;
+        // A wrong code is counted in the transaction that commits its refusal.
+        let wrong_code = matches!(outcome, Err(PaymentError::Refused(Refusal::WrongCode)));
+        self.failures = None;
+        if wrong_code && verdict == Verdict::Keep {
+            match failure_store::count_in(tx, self.customer).await {
+                Ok(count) => self.failures = Some(count),
+                Err(error) => {
+                    self.outcome = Some(Err(error.into()));
+                    return Verdict::Abort;
+                }
+            }
+        }
         self.outcome = Some(outcome);
         verdict
     }
@@ -361,12 +400,13 @@ impl MovementWork {
                     captcha.spend_in(tx, pending).await?;
                 }
                 match step {
-                    Some(step) => {
-                        Ok(
-                            crate::store::users::spend_totp_step_in(tx, self.customer, step)
-                                .await?,
-                        )
-                    }
+                    Some(step) => Ok(crate::store::users::spend_totp_step_in(
+                        tx,
+                        self.customer,
+                        step,
+                        CodeCheck::Session,
+                    )
+                    .await?),
                     None => Ok(false),
                 }
             }

@@ -12,10 +12,13 @@ macro_rules! spend_sql {
         "INSERT INTO captcha_spent (challenge_hash, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING"
     };
 }
-/// SQLite: the step (`$3`, customer `$4`) moves only if the challenge (`$1`) was not spent yet.
+/// SQLite: the step (`$3`, customer `$4`) moves only if the challenge (`$1`) was not spent yet,
+/// and (a code inside a session, `users::SPEND_TOTP_STEP_IN_SESSION`) while the shared failure
+/// count is below `failures::FAILURES_MAX`; a code that counts starts that count again.
 macro_rules! step_if_new_sql {
     () => {
-        "UPDATE users SET totp_last_step = $3 WHERE id = $4 AND totp_last_step < $3 \
+        "UPDATE users SET totp_last_step = $3, failed_logins = 0 \
+         WHERE id = $4 AND totp_last_step < $3 AND failed_logins < 5 \
          AND NOT EXISTS (SELECT 1 FROM captcha_spent WHERE challenge_hash = $1)"
     };
 }
@@ -116,8 +119,9 @@ async fn spend_with_step_sqlx(
         let counts: Result<(i64, i64), _> = sqlx::query_as(
             "WITH c AS (INSERT INTO captcha_spent (challenge_hash, expires_at) VALUES ($1, $2) \
                         ON CONFLICT DO NOTHING RETURNING 1), \
-                  u AS (UPDATE users SET totp_last_step = $3 \
-                        WHERE id = $4 AND totp_last_step < $3 AND EXISTS (SELECT 1 FROM c) RETURNING 1) \
+                  u AS (UPDATE users SET totp_last_step = $3, failed_logins = 0 \
+                        WHERE id = $4 AND totp_last_step < $3 AND failed_logins < 5 \
+                        AND EXISTS (SELECT 1 FROM c) RETURNING 1) \
              SELECT (SELECT COUNT(*) FROM c), (SELECT COUNT(*) FROM u)",
         )
         .bind(challenge_hash)

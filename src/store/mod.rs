@@ -15,6 +15,7 @@
 
 pub mod audit;
 pub mod captcha;
+pub mod failures;
 pub mod group;
 mod ids;
 pub mod keys;
@@ -243,6 +244,10 @@ const MIGRATIONS_SQLITE: &[(i64, &str)] = &[
         3,
         include_str!("../../migrations/sqlite/0003_master_rotation.sql"),
     ),
+    (
+        4,
+        include_str!("../../migrations/sqlite/0004_devices_and_signup_throttle.sql"),
+    ),
 ];
 const MIGRATIONS_POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
@@ -253,6 +258,10 @@ const MIGRATIONS_POSTGRES: &[(i64, &str)] = &[
     (
         3,
         include_str!("../../migrations/postgres/0003_master_rotation.sql"),
+    ),
+    (
+        4,
+        include_str!("../../migrations/postgres/0004_devices_and_signup_throttle.sql"),
     ),
 ];
 

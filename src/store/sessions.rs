@@ -336,6 +336,40 @@ pub async fn record_ip_login_failure(
     tx.commit().await
 }
 
+/// Counts a sign-up from `client_ip` before its password is hashed, in one statement: `false`
+/// (refuse) when the window that started within `window_millis` already holds `max`.
+pub async fn charge_signup(
+    db: &Db,
+    client_ip: &str,
+    now: i64,
+    window_millis: i64,
+    max: i64,
+) -> Result<bool, StoreError> {
+    let mut tx = db.begin_write().await?;
+    let row: Option<(i64,)> = sqlx::query_as(
+        "INSERT INTO signup_throttle (client_ip, window_start, attempts) VALUES ($1, $2, 1) \
+         ON CONFLICT (client_ip) DO UPDATE SET \
+           attempts = CASE WHEN signup_throttle.window_start < $3 THEN 1 \
+                           ELSE signup_throttle.attempts + 1 END, \
+           window_start = CASE WHEN signup_throttle.window_start < $3 THEN $2 \
+                               ELSE signup_throttle.window_start END \
+         WHERE signup_throttle.window_start < $3 OR signup_throttle.attempts < $4 \
+         RETURNING attempts",
+    )
+    .bind(client_ip)
+    .bind(now)
+    .bind(now - window_millis)
+    .bind(max)
+    .fetch_optional(tx.conn())
+    .await?;
+    sqlx::query("DELETE FROM signup_throttle WHERE window_start < $1")
+        .bind(now - window_millis)
+        .execute(tx.conn())
+        .await?;
+    tx.commit().await?;
+    Ok(row.is_some())
+}
+
 /// Ends sessions idle or older than allowed (housekeeping; expiry is also checked per request).
 pub async fn delete_expired(
     db: &Db,

@@ -166,22 +166,42 @@ pub async fn set_totp_secret(
 
 /// Spends a one-time-code step: succeeds only if `step` is greater than the last accepted step
 /// (atomic: of two concurrent requests with the same code, one wins).
-pub async fn spend_totp_step(db: &Db, user_id: UserId, step: i64) -> Result<bool, StoreError> {
+pub async fn spend_totp_step(
+    db: &Db,
+    user_id: UserId,
+    step: i64,
+    check: CodeCheck,
+) -> Result<bool, StoreError> {
     let mut tx = db.begin_write().await?;
-    let spent = spend_totp_step_in(&mut Tx::Sqlx(&mut tx), user_id, step).await?;
+    let spent = spend_totp_step_in(&mut Tx::Sqlx(&mut tx), user_id, step, check).await?;
     tx.commit().await?;
     Ok(spent)
 }
 
+/// Where a one-time code is checked: at login (whose failures are charged before the check,
+/// `store::failures::charge`), or inside a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeCheck {
+    Login,
+    /// Refused while the shared failure count is full; a code that counts starts it again.
+    Session,
+}
+
 /// Records `step` as the customer's last accepted one-time-code step if it is newer than the
-/// last; `false` when it is not (a replay, or a concurrent request with the same code won).
+/// last; `false` when it is not (a replay, or a concurrent request with the same code won, or
+/// in a session the failure count is full).
 pub async fn spend_totp_step_in(
     tx: &mut Tx<'_>,
     user_id: UserId,
     step: i64,
+    check: CodeCheck,
 ) -> Result<bool, StoreError> {
+    let sql = match check {
+        CodeCheck::Login => SPEND_TOTP_STEP,
+        CodeCheck::Session => SPEND_TOTP_STEP_IN_SESSION,
+    };
     let updated = match tx {
-        Tx::Sqlx(tx) => sqlx::query(SPEND_TOTP_STEP)
+        Tx::Sqlx(tx) => sqlx::query(sql)
             .bind(step)
             .bind(user_id)
             .execute(tx.conn())
@@ -189,7 +209,7 @@ pub async fn spend_totp_step_in(
             .rows_affected(),
         Tx::Batch(tx) => {
             let params = [Param::Integer(step), Param::Integer(user_id.get())];
-            tx.execute(&[SPEND_TOTP_STEP], &params)? as u64
+            tx.execute(&[sql], &params)? as u64
         }
     };
     Ok(updated == 1)
@@ -197,6 +217,10 @@ pub async fn spend_totp_step_in(
 
 const SPEND_TOTP_STEP: &str =
     "UPDATE users SET totp_last_step = $1 WHERE id = $2 AND totp_last_step < $1";
+/// `failed_logins < 5`: `failures::FAILURES_MAX` (asserted below).
+const SPEND_TOTP_STEP_IN_SESSION: &str = "UPDATE users SET totp_last_step = $1, failed_logins = 0 \
+     WHERE id = $2 AND totp_last_step < $1 AND failed_logins < 5";
+const _: () = assert!(super::failures::FAILURES_MAX == 5);
 
 pub async fn confirm_totp(tx: &mut WriteTx, user_id: UserId) -> Result<(), StoreError> {
     sqlx::query("UPDATE users SET totp_confirmed = 1 WHERE id = $1")
@@ -204,42 +228,6 @@ pub async fn confirm_totp(tx: &mut WriteTx, user_id: UserId) -> Result<(), Store
         .execute(tx.conn())
         .await?;
     Ok(())
-}
-
-/// Records a failed login; returns the new consecutive-failure count.
-pub async fn record_login_failure(db: &Db, user_id: UserId) -> Result<i64, StoreError> {
-    let mut tx = db.begin_write().await?;
-    let (count,): (i64,) = sqlx::query_as(
-        "UPDATE users SET failed_logins = failed_logins + 1 WHERE id = $1 RETURNING failed_logins",
-    )
-    .bind(user_id)
-    .fetch_one(tx.conn())
-    .await?;
-    tx.commit().await?;
-    Ok(count)
-}
-
-/// Locks the account until `until` (ms) and starts a new failure count; returns the lockout number.
-pub async fn lock_account(db: &Db, user_id: UserId, until: i64) -> Result<i64, StoreError> {
-    let mut tx = db.begin_write().await?;
-    let (lockouts,): (i64,) = sqlx::query_as(
-        "UPDATE users SET locked_until = $1, failed_logins = 0, lockouts = lockouts + 1 WHERE id = $2 RETURNING lockouts",
-    )
-    .bind(until)
-    .bind(user_id)
-    .fetch_one(tx.conn())
-    .await?;
-    tx.commit().await?;
-    Ok(lockouts)
-}
-
-pub async fn record_login_success(db: &Db, user_id: UserId) -> Result<(), StoreError> {
-    let mut tx = db.begin_write().await?;
-    sqlx::query("UPDATE users SET failed_logins = 0, lockouts = 0 WHERE id = $1")
-        .bind(user_id)
-        .execute(tx.conn())
-        .await?;
-    tx.commit().await
 }
 
 pub async fn set_password_hash(

@@ -128,8 +128,23 @@ pub async fn signup(State(services): State<Services>, visitor: Visitor, form: Cs
         // Refused before any database work: a flood costs the database nothing.
         return again(StatusCode::SERVICE_UNAVAILABLE, busy());
     }
-    if let Err(message) = captcha_gate::verify(&services, &form, &context, "signup").await {
-        return again(StatusCode::BAD_REQUEST, Errors::one("form", message));
+    if let Err(failure) = captcha_gate::verify(&services, &form, &context, "signup").await {
+        return again(
+            StatusCode::BAD_REQUEST,
+            Errors::one("form", failure.message),
+        );
+    }
+    // Before the hash: a taken username or a client over its sign-ups costs no Argon2 work.
+    match crate::customers::signup_allowed(&services, &context.audit(), &username).await? {
+        crate::customers::SignupGate::Open => {}
+        crate::customers::SignupGate::UsernameTaken => {
+            let taken = "This username is taken. Choose another.";
+            return again(StatusCode::CONFLICT, Errors::one("username", taken));
+        }
+        crate::customers::SignupGate::Throttled => {
+            let message = "Too many sign-ups from your network. Try again later.";
+            return again(StatusCode::TOO_MANY_REQUESTS, Errors::one("form", message));
+        }
     }
     let hash = match services.hasher.hash(&password).await {
         Ok(hash) => hash,
@@ -211,7 +226,12 @@ async fn setup_page(
     Ok(render(status, &page, request_id))
 }
 
-pub async fn setup(State(services): State<Services>, user: PendingUser, form: CsrfForm) -> Result {
+pub async fn setup(
+    State(services): State<Services>,
+    user: PendingUser,
+    headers: axum::http::HeaderMap,
+    form: CsrfForm,
+) -> Result {
     let audit = user.context.audit();
     match auth::confirm_enrollment(
         &services,
@@ -222,7 +242,16 @@ pub async fn setup(State(services): State<Services>, user: PendingUser, form: Cs
     )
     .await
     {
-        Ok(Some(new)) => Ok(signed_in("/2fa/recovery", &new)),
+        Ok(Some(new)) => {
+            // Enrolling completes the first login: this browser is the account's first device.
+            let sent = cookie(&headers, auth::failures::DEVICE_COOKIE);
+            let device = auth::remember_device(&services, user.session.user_id, sent).await?;
+            let response = signed_in("/2fa/recovery", &new);
+            Ok(with_cookie(
+                response,
+                &auth::failures::device_cookie_header(&device),
+            ))
+        }
         Ok(None) => {
             let errors = Errors::one(
                 "otp",
@@ -262,12 +291,18 @@ pub async fn login_form(
     })
 }
 
-pub async fn login(State(services): State<Services>, visitor: Visitor, form: CsrfForm) -> Result {
+pub async fn login(
+    State(services): State<Services>,
+    visitor: Visitor,
+    headers: axum::http::HeaderMap,
+    form: CsrfForm,
+) -> Result {
     let context = visitor.context;
     let attempt = LoginAttempt {
         email: form.get("email"),
         password: form.get("password"),
         otp: form.get("otp"),
+        device_cookie: cookie(&headers, auth::failures::DEVICE_COOKIE),
     };
     let again = |status: StatusCode, message: String| {
         let page = LoginPage {
@@ -284,8 +319,8 @@ pub async fn login(State(services): State<Services>, visitor: Visitor, form: Csr
         // a flood of logins cannot hold the connection pool that other customers' pages need.
         return again(StatusCode::SERVICE_UNAVAILABLE, AuthError::Busy.to_string());
     }
-    if let Err(message) = captcha_gate::verify(&services, &form, &context, "login").await {
-        return again(StatusCode::BAD_REQUEST, message);
+    if let Err(failure) = captcha_gate::verify(&services, &form, &context, "login").await {
+        return again(StatusCode::BAD_REQUEST, failure.message);
     }
     match auth::login(
         &services,
@@ -295,7 +330,11 @@ pub async fn login(State(services): State<Services>, visitor: Visitor, form: Csr
     )
     .await
     {
-        Ok(new) => Ok(signed_in("/", &new)),
+        Ok(logged_in) => {
+            let response = signed_in("/", &logged_in.session);
+            let device = auth::failures::device_cookie_header(&logged_in.device_cookie);
+            Ok(with_cookie(response, &device))
+        }
         Err(error @ AuthError::LoginFailed) => again(StatusCode::UNAUTHORIZED, error.to_string()),
         Err(error @ AuthError::Throttled) => {
             again(StatusCode::TOO_MANY_REQUESTS, error.to_string())

@@ -13,13 +13,13 @@ pub fn fields(services: &Services) -> CaptchaFields {
     services.captcha.form_fields()
 }
 
-/// `Err(message for the user)` when the captcha is refused (spent in its own transaction).
+/// Checks the captcha and spends it in its own transaction; `Err` when it is refused.
 pub async fn verify(
     services: &Services,
     form: &CsrfForm,
     context: &RequestContext,
     form_name: &'static str,
-) -> Result<(), String> {
+) -> Result<(), CaptchaFailure> {
     let submission = submission(services, form);
     match services
         .captcha
@@ -27,7 +27,7 @@ pub async fn verify(
         .await
     {
         Ok(()) => Ok(()),
-        Err(error) => Err(refused(services, context, form_name, error).await.message),
+        Err(error) => Err(refused(services, context, form_name, error).await),
     }
 }
 

@@ -31,11 +31,37 @@ fn ended_redirect(reason: EndReason) -> Response {
         EndReason::Idle => "idle",
         EndReason::Absolute => "absolute",
     };
-    let response = with_cookie(see_other("/"), &crate::auth::session::clear_cookie_header());
+    session_ended(see_other("/"), kind)
+}
+
+/// `response` with the session cookie cleared and the notice (`kind`) the next page explains.
+fn session_ended(response: Response, kind: &str) -> Response {
+    let response = with_cookie(response, &crate::auth::session::clear_cookie_header());
     with_cookie(
         response,
         &format!("{NOTICE_COOKIE}={kind}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=600"),
     )
+}
+
+/// What the landing page says after a session ended for too many failures.
+pub const ENDED_BY_FAILURES: &str = "For your security your session was ended after 5 wrong \
+    codes or passwords in a row. Log in again to continue.";
+
+/// The answer to a failure that filled the account's failure count inside a session (CONTRACT
+/// §3): the session ends, `401` says why, and the next page says it again.
+pub async fn ended_by_failures(services: &Services, user: &CurrentUser) -> Response {
+    let ctx = user.context.audit();
+    if let Err(error) =
+        crate::auth::session::end_after_failures(services, &ctx, &user.session).await
+    {
+        tracing::error!(%error, "could not end a session after too many failures");
+    }
+    let page = super::error::render_error(
+        StatusCode::UNAUTHORIZED,
+        ENDED_BY_FAILURES,
+        &user.context.request_id,
+    );
+    session_ended(page, "failures")
 }
 
 fn context(parts: &Parts) -> RequestContext {

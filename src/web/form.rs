@@ -24,6 +24,11 @@ pub struct CsrfForm {
 }
 
 impl CsrfForm {
+    /// A form the server fills itself (a reviewed transfer shown again as its form).
+    pub(super) fn from_fields(fields: Vec<(String, String)>) -> Self {
+        CsrfForm { fields }
+    }
+
     /// The field's value, or "" when absent.
     pub fn get(&self, name: &str) -> &str {
         self.fields

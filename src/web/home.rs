@@ -136,6 +136,7 @@ fn notice_text(kind: &str, idle_secs: u64) -> Option<String> {
                 format!("{idle_secs} seconds")
             }
         )),
+        "failures" => Some(super::extract::ENDED_BY_FAILURES.into()),
         "absolute" => {
             Some("Your session reached its maximum length. Log in again to continue.".into())
         }

@@ -14,6 +14,7 @@ mod home;
 mod money_form;
 mod pages;
 mod receipts;
+mod review;
 mod settings;
 mod transfer;
 mod view;
@@ -58,6 +59,7 @@ pub fn router(services: Services) -> Router {
             "/transfer",
             get(money_form::show::<TransferPage>).post(money_form::submit::<TransferPage>),
         )
+        .route("/transfer/confirm", axum::routing::post(review::confirm))
         .route(
             "/atm",
             get(money_form::show::<AtmPage>).post(money_form::submit::<AtmPage>),

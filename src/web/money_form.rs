@@ -15,7 +15,9 @@ use super::view::{Chrome, Errors, render};
 use crate::auth::session::Session;
 use crate::captcha::CaptchaFields;
 use crate::domain::Username;
-use crate::payments::{Command, Kind, Movement, PaymentError, Prepared, Receipt, Refusal};
+use crate::payments::{
+    Command, Kind, Movement, PaymentError, Prepared, Receipt, Refusal, Review, TransferOrder,
+};
 use crate::services::Services;
 
 /// A form's fields once parsed: what moves and the username the customer gave as their own.
@@ -26,22 +28,25 @@ struct Parsed {
 
 /// Why the form is shown again: the status, the messages by field, and the audit reason when
 /// the web decided the refusal (the movement service audits its own).
-struct FormRefusal {
-    status: StatusCode,
-    errors: Errors,
+pub(super) struct FormRefusal {
+    pub(super) status: StatusCode,
+    pub(super) errors: Errors,
     audit_reason: Option<&'static str>,
+    /// The failure filled the account's failure count: the session ends instead.
+    ends_session: bool,
 }
 
 impl FormRefusal {
-    fn new(status: StatusCode, field: &'static str, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, field: &'static str, message: impl Into<String>) -> Self {
         FormRefusal {
             status,
             errors: Errors::one(field, message),
             audit_reason: None,
+            ends_session: false,
         }
     }
 
-    fn audited_here(self, reason: &'static str) -> Self {
+    pub(super) fn audited_here(self, reason: &'static str) -> Self {
         FormRefusal {
             audit_reason: Some(reason),
             ..self
@@ -139,10 +144,19 @@ fn parse<P: MoneyPage>(form: &CsrfForm, errors: &mut Errors) -> Option<Parsed> {
     })
 }
 
+/// What an accepted submission led to.
+enum Accepted {
+    /// Money moved (an ATM deposit), or the key already had.
+    Moved(Receipt),
+    /// A transfer passed review: the review page is next (CONTRACT §6).
+    Reviewed(Review),
+}
+
 /// `POST` of a money page, in the contract's order: the idempotency key (a key that already
-/// moved money answers its receipt), field syntax, captcha, then the movement service
-/// (one-time code, business rules, one transaction). Money moved: a redirect to the receipt;
-/// refused: the form again, as typed, with the reason next to its field.
+/// moved money answers its receipt), field syntax, captcha, then the movement service: a
+/// deposit's one-time code, business rules and one transaction (a redirect to the receipt), or
+/// a transfer's review (the review page; the code comes with its confirmation). Refused: the
+/// form again, as typed, with the reason next to its field.
 pub async fn submit<P: MoneyPage>(
     State(services): State<Services>,
     user: CurrentUser,
@@ -151,10 +165,35 @@ pub async fn submit<P: MoneyPage>(
     let (services, user, form) = (&services, &user, &form);
     let mut errors = Errors::default();
     let parsed = parse::<P>(form, &mut errors);
-    let refused = match run::<P>(services, user, form, errors, parsed).await {
-        Ok(receipt) => return see_other(&format!("/receipts/{}", receipt.entry_id)),
-        Err(refused) => refused,
-    };
+    match run::<P>(services, user, form, errors, parsed).await {
+        Ok(Accepted::Moved(receipt)) => see_other(&receipt_path(receipt)),
+        Ok(Accepted::Reviewed(review)) => {
+            super::review::page(services, user, &review, Errors::default(), StatusCode::OK).await
+        }
+        Err(refused) => {
+            let key = key_again(services, &user.session, form);
+            refused_form::<P>(services, user, &Fields::Typed(form), key, refused).await
+        }
+    }
+}
+
+/// Where a movement's receipt is.
+pub fn receipt_path(receipt: Receipt) -> String {
+    format!("/receipts/{}", receipt.entry_id)
+}
+
+/// The money page again after a refusal, with `fields` and `key`, audited when the web decided
+/// the refusal.
+pub(super) async fn refused_form<P: MoneyPage>(
+    services: &Services,
+    user: &CurrentUser,
+    fields: &Fields<'_>,
+    key: String,
+    refused: FormRefusal,
+) -> Response {
+    if refused.ends_session {
+        return super::extract::ended_by_failures(services, user).await;
+    }
     if let Some(reason) = refused.audit_reason {
         let ctx = user.context.audit();
         services.payments.audit_refusal(&ctx, P::KIND, reason).await;
@@ -165,11 +204,11 @@ pub async fn submit<P: MoneyPage>(
         captcha: captcha_gate::fields(services),
         money: MoneyForm {
             balance: balance_text(services, session, true).await,
-            key: key_again(services, session, form),
+            key,
             errors: refused.errors,
         },
     };
-    let page = P::page(frame, &Fields::Typed(form));
+    let page = P::page(frame, fields);
     render(refused.status, &page, &user.context.request_id)
 }
 
@@ -179,7 +218,7 @@ async fn run<P: MoneyPage>(
     form: &CsrfForm,
     field_errors: Errors,
     parsed: Option<Parsed>,
-) -> Result<Receipt, FormRefusal> {
+) -> Result<Accepted, FormRefusal> {
     let payments = &services.payments;
     let customer = user.session.user_id;
     let Some(key) = payments.accept_key(customer, form.get("idempotency_key")) else {
@@ -195,7 +234,7 @@ async fn run<P: MoneyPage>(
         _ => None,
     };
     let ready = match payments.prepare(customer, key, receiver).await {
-        Ok(Prepared::Replayed(receipt)) => return Ok(receipt),
+        Ok(Prepared::Replayed(receipt)) => return Ok(Accepted::Moved(receipt)),
         Ok(Prepared::Ready(ready)) => ready,
         Err(error) => return Err(refusal_of::<P>(error)),
     };
@@ -204,39 +243,75 @@ async fn run<P: MoneyPage>(
             status: StatusCode::UNPROCESSABLE_ENTITY,
             errors: field_errors,
             audit_reason: Some("invalid_fields"),
+            ends_session: false,
         };
         return Err(refused);
     };
-    let captcha = match captcha_gate::check(services, form, &user.context, P::KIND.as_str()).await {
-        Ok(pending) => pending,
-        Err(failure) if failure.operating_error => return Err(unavailable(&failure.message)),
-        Err(failure) => {
-            let refused = FormRefusal::new(StatusCode::BAD_REQUEST, "form", failure.message);
-            return Err(refused.audited_here("captcha_failed"));
-        }
-    };
-    let command = Command {
-        movement: parsed.movement,
-        own_username: parsed.own_username,
-        otp: form.get("otp").to_string(),
-        captcha,
-    };
     let ctx = user.context.audit();
     let own_name = &user.session.username;
-    payments
-        .execute(&ctx, customer, own_name, ready, command)
-        .await
-        .map_err(|error| refusal_of::<P>(error))
+    let captcha = captcha_gate::check(services, form, &user.context, P::KIND.as_str()).await;
+    let captcha = captcha.map_err(captcha_refusal)?;
+    match parsed.movement {
+        Movement::Transfer {
+            to,
+            amount,
+            message,
+        } => {
+            if let Some(pending) = captcha {
+                let spent = services.captcha.spend(pending).await;
+                spent.map_err(|error| refusal_of::<P>(PaymentError::Captcha(error)))?;
+            }
+            let order = TransferOrder {
+                to,
+                amount,
+                message,
+                own_username: parsed.own_username,
+            };
+            let review = payments
+                .review(&ctx, customer, own_name, ready, order)
+                .await;
+            review.map(Accepted::Reviewed).map_err(refusal_of::<P>)
+        }
+        movement => {
+            let command = Command {
+                movement,
+                own_username: Some(parsed.own_username),
+                otp: form.get("otp").to_string(),
+                captcha,
+            };
+            let moved = payments
+                .execute(&ctx, customer, own_name, ready, command)
+                .await;
+            moved.map(Accepted::Moved).map_err(refusal_of::<P>)
+        }
+    }
+}
+
+/// A refused captcha, shown on the form (its audit event is already written).
+fn captcha_refusal(failure: captcha_gate::CaptchaFailure) -> FormRefusal {
+    if failure.operating_error {
+        return unavailable(&failure.message);
+    }
+    FormRefusal::new(StatusCode::BAD_REQUEST, "form", failure.message)
+        .audited_here("captcha_failed")
 }
 
 /// How the movement service's answer is shown.
-fn refusal_of<P: MoneyPage>(error: PaymentError) -> FormRefusal {
+pub(super) fn refusal_of<P: MoneyPage>(error: PaymentError) -> FormRefusal {
     let refusal = match error {
+        PaymentError::Refused(Refusal::TooManyFailures) => {
+            let message = super::extract::ENDED_BY_FAILURES;
+            let refused = FormRefusal::new(StatusCode::UNAUTHORIZED, "otp", message);
+            return FormRefusal {
+                ends_session: true,
+                ..refused
+            };
+        }
         PaymentError::Refused(refusal) => refusal,
         other => return unavailable(&other),
     };
     let (status, field, message) = match &refusal {
-        Refusal::WrongCode => (
+        Refusal::WrongCode | Refusal::TooManyFailures => (
             StatusCode::UNAUTHORIZED,
             "otp",
             "The code is not right, or was already used. Wait for the next code in your app."
@@ -263,12 +338,17 @@ fn refusal_of<P: MoneyPage>(error: PaymentError) -> FormRefusal {
             "There is no customer with that username.".into(),
         ),
         Refusal::CaptchaReused(error) => (StatusCode::BAD_REQUEST, "form", error.user_message()),
+        Refusal::Confirmation(_) => (
+            StatusCode::BAD_REQUEST,
+            "form",
+            "This review has expired or was changed. Check the transfer and send it again.".into(),
+        ),
     };
     FormRefusal::new(status, field, message)
 }
 
 /// An operating error: logged, nothing changed, audited as `internal_error`.
-fn unavailable(error: &dyn std::fmt::Display) -> FormRefusal {
+pub(super) fn unavailable(error: &dyn std::fmt::Display) -> FormRefusal {
     tracing::error!(%error, "money movement failed");
     let message = "Something went wrong on our side. Nothing was changed.";
     FormRefusal::new(StatusCode::SERVICE_UNAVAILABLE, "form", message)

@@ -52,12 +52,16 @@ fn describe(event: &str, detail: &serde_json::Value) -> String {
         "login_succeeded" => "Logged in".into(),
         "login_failed" => "Failed login attempt".into(),
         "account_locked" => format!(
-            "Account locked for {} minutes after repeated failed logins",
+            "Log-in locked for {} minutes after 5 failed attempts{}",
             detail
                 .get("locked_for_secs")
                 .and_then(|v| v.as_i64())
                 .unwrap_or(0)
-                / 60
+                / 60,
+            match detail.get("scope").and_then(|v| v.as_str()) {
+                Some("device") => " (one of your browsers)",
+                _ => " (browsers you have not logged in from)",
+            }
         ),
         "logout" => "Logged out".into(),
         "session_expired" => "Session ended".into(),
@@ -72,6 +76,7 @@ fn describe(event: &str, detail: &serde_json::Value) -> String {
         "captcha_failed" => "Security check failed".into(),
         "access_denied" => "Access denied".into(),
         "password_changed" => "Password changed".into(),
+        "password_change_refused" => "Password change refused".into(),
         other => other.replace('_', " "),
     }
 }
@@ -152,6 +157,9 @@ pub async fn change_password(
                 _ => StatusCode::UNPROCESSABLE_ENTITY,
             };
             page(&services, &user, status, Errors::one(field, message)).await
+        }
+        Err(PasswordChangeError::TooManyFailures) => {
+            Ok(super::extract::ended_by_failures(&services, &user).await)
         }
         Err(PasswordChangeError::Auth(AuthError::Busy)) => {
             page(

@@ -371,15 +371,16 @@ async fn five_failures_lock_the_account_with_the_same_words() {
     let tail = app.services.audit.tail(50).await.unwrap();
     assert!(tail.iter().any(|e| e.event == "account_locked"));
     // Once the lock has passed (simulated), the customer gets in and sees the lock in settings.
-    exec(&app.services, "UPDATE users SET locked_until = 0".into()).await;
+    // The failures came from Kari's own browser (it logged in before): its count is the
+    // device's.
+    exec(&app.services, "UPDATE devices SET locked_until = 0".into()).await;
     assert_eq!(kari.login().await.status(), 303);
     let html = body(kari.get("/settings").await).await;
-    assert!(html.contains("Account locked for 15 minutes"), "{html}");
-    let (failed, lockouts): (i64, i64) =
-        sqlx::query_as("SELECT failed_logins, lockouts FROM users")
-            .fetch_one(app.services.db.pool())
-            .await
-            .unwrap();
+    assert!(html.contains("Log-in locked for 15 minutes"), "{html}");
+    let (failed, lockouts): (i64, i64) = sqlx::query_as("SELECT failures, lockouts FROM devices")
+        .fetch_one(app.services.db.pool())
+        .await
+        .unwrap();
     assert_eq!(
         (failed, lockouts),
         (0, 0),
@@ -406,7 +407,7 @@ async fn a_repeated_lockout_lasts_twice_as_long() {
             .await;
         }
         if round == 0 {
-            exec(&app.services, "UPDATE users SET locked_until = 0".into()).await;
+            exec(&app.services, "UPDATE devices SET locked_until = 0".into()).await;
         }
     }
     let lines = app.services.audit.tail(100).await.unwrap();
@@ -807,4 +808,40 @@ async fn one_address_is_throttled_after_a_hundred_failed_logins_and_others_are_n
         "this address is throttled"
     );
     assert_eq!(attempt("203.0.113.9").await, 401, "another address is not");
+}
+
+#[tokio::test]
+async fn one_address_may_start_twenty_sign_ups_an_hour_and_a_taken_username_costs_no_hash() {
+    let app = spawn_app().await;
+    let password = "fjord lantern quietly 2611";
+    for i in 0..alphabank::customers::SIGNUPS_PER_IP_MAX {
+        let (_, r) = app.signup_only(&format!("family{i:02}"), password).await;
+        assert_eq!(r.status(), 303, "sign-up {i}");
+    }
+    let (_, over) = app.signup_only("family99", password).await;
+    assert_eq!(over.status(), 429);
+    assert!(body(over).await.contains("Too many sign-ups"));
+    // A taken username is refused before the throttle and before the password is hashed.
+    let (_, taken) = app.signup_only("family00", password).await;
+    assert_eq!(taken.status(), 409);
+    let (users,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users")
+        .fetch_one(app.services.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(users, alphabank::customers::SIGNUPS_PER_IP_MAX);
+    let tail = app.services.audit.tail(200).await.unwrap();
+    assert_eq!(
+        tail.iter()
+            .filter(|e| e.event == "signup_throttled")
+            .count(),
+        1
+    );
+    // The window passes (simulated): sign-ups are possible again.
+    exec(
+        &app.services,
+        "UPDATE signup_throttle SET window_start = 0".into(),
+    )
+    .await;
+    let (_, again) = app.signup_only("family99", password).await;
+    assert_eq!(again.status(), 303);
 }

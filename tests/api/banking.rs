@@ -1,7 +1,7 @@
 //! The bank a customer sees: ATM, transfer, receipts, history — every refusal path, idempotent
 //! resubmission, and escaping of what customers write.
 
-use crate::helpers::{deposit, spawn_app, verify};
+use crate::helpers::{confirm_fields, deposit, spawn_app, verify};
 
 async fn text(r: reqwest::Response) -> String {
     r.text().await.unwrap()
@@ -77,12 +77,6 @@ async fn every_transfer_refusal_moves_nothing_keeps_input_and_is_audited() {
             message: "Control characters",
         },
         Refused {
-            name: "bad code",
-            fields: vec![("otp", "000000".into())],
-            status: 401,
-            message: "code is not right",
-        },
-        Refused {
             name: "forged key",
             fields: vec![("idempotency_key", "a".repeat(40))],
             status: 400,
@@ -94,7 +88,7 @@ async fn every_transfer_refusal_moves_nothing_keeps_input_and_is_audited() {
             status: 400,
             message: "expired or was changed",
         },
-        // These pass the code check: each spends a fresh, valid code.
+        // The business rules, checked at review: no code is asked for.
         Refused {
             name: "someone else's from",
             fields: vec![("from_username", "ola".into())],
@@ -123,23 +117,9 @@ async fn every_transfer_refusal_moves_nothing_keeps_input_and_is_audited() {
     let payer = app.customer("payer").await;
     let payer_id = payer.user_id(&app.services).await;
     deposit(&app.services, payer_id, "100").await;
-    let mut current: Option<crate::helpers::Customer> = None;
-    let mut codes_left = 2; // enrollment spent one of the three codes a 30-second window allows
     let mut refusals = 0;
     for case in cases {
-        let needs_code = !case.fields.iter().any(|(k, _)| *k == "otp")
-            && matches!(case.status, 403 | 409)
-            || case.name == "self"
-            || case.name == "unknown receiver";
-        // A fresh sender whenever the code budget of this window is spent.
-        if needs_code && codes_left == 0 {
-            let name = format!("payer{refusals}");
-            let c = app.customer(&name).await;
-            deposit(&app.services, c.user_id(&app.services).await, "100").await;
-            codes_left = 2;
-            current = Some(c);
-        }
-        let sender = current.as_ref().unwrap_or(&payer);
+        let sender = &payer;
         let (csrf, key) = sender.form_keys("/transfer").await;
         let mut fields: Vec<(&str, String)> = vec![
             ("csrf_token", csrf),
@@ -148,13 +128,7 @@ async fn every_transfer_refusal_moves_nothing_keeps_input_and_is_audited() {
             ("from_username", sender.username.clone()),
             ("to_username", "ola".into()),
             ("message", "hei".into()),
-            ("otp", "999999".into()),
         ];
-        if needs_code {
-            codes_left -= 1;
-            fields.retain(|(k, _)| *k != "otp");
-            fields.push(("otp", sender.next_code().await));
-        }
         for (k, v) in &case.fields {
             fields.retain(|(name, _)| name != k);
             let v = if v == "PAYER" {
@@ -174,7 +148,10 @@ async fn every_transfer_refusal_moves_nothing_keeps_input_and_is_audited() {
             html.contains("name=\"to_username\""),
             "the form is shown again"
         );
-        assert!(!html.contains("value=\"999999\""), "the code is not kept");
+        assert!(
+            !html.contains("id=\"review\""),
+            "no review of a refused transfer"
+        );
         if case.name == "overdraft" {
             assert!(html.contains("value=\"100,01\""), "what was typed is kept");
         }
@@ -434,29 +411,32 @@ async fn home_reads_only_the_newest_rows_whatever_the_history_length() {
 }
 
 #[tokio::test]
-async fn a_refused_transfer_spends_its_code_in_the_same_commit_as_its_audit_event() {
+async fn a_confirmation_refused_by_the_balance_spends_its_code_in_the_same_commit_as_its_audit_event()
+ {
     let app = spawn_app().await;
     let kari = app.customer("kari").await;
     let _ola = app.customer("ola").await;
-    let (csrf, key) = kari.form_keys("/transfer").await;
+    let _per = app.customer("per").await;
+    kari.deposit("100").await;
+    let review = kari.review("ola", "50", "rent").await;
+    assert_eq!(review.status(), 200);
+    let (csrf, confirmation) = confirm_fields(&text(review).await);
+    // The balance changes between review and confirmation.
+    assert_eq!(kari.transfer("per", "100", "all").await.status(), 303);
     let code = kari.next_code().await;
-    let fields = [
-        ("csrf_token", csrf.as_str()),
-        ("idempotency_key", key.as_str()),
-        ("amount", "50"),
-        ("from_username", "kari"),
-        ("to_username", "ola"),
-        ("message", "rent"),
-        ("otp", code.as_str()),
-    ];
-    // Kari has nothing: the balance rule refuses, after the code was checked.
-    let first = kari.post("/transfer", &fields).await;
+    let first = kari.confirm(&csrf, &confirmation, &code).await;
     assert_eq!(first.status(), 409);
+    let html = text(first).await;
+    assert!(html.contains("balance is too low"), "{html}");
+    assert!(
+        html.contains("value=\"50,00\"") && html.contains("value=\"rent\""),
+        "the transfer form again with what was reviewed: {html}"
+    );
     // The same code again is refused as used: the refusal committed the code's step.
-    let second = kari.post("/transfer", &fields).await;
+    let second = kari.confirm(&csrf, &confirmation, &code).await;
     assert_eq!(second.status(), 401);
     assert!(text(second).await.contains("already used"));
-    assert_eq!(kari.balance_minor().await, 0, "nothing moved");
+    assert_eq!(kari.balance_minor().await, 0, "nothing more moved");
     let reasons: Vec<String> = app
         .services
         .audit

@@ -221,6 +221,15 @@ pub fn input_value(html: &str, name: &str) -> Option<String> {
     Some(tag[v..v + end].replace("&#38;", "&").replace("&amp;", "&"))
 }
 
+/// The CSRF token and the confirmation of a review page.
+pub fn confirm_fields(review_html: &str) -> (String, String) {
+    let field = |name| {
+        input_value(review_html, name)
+            .unwrap_or_else(|| panic!("no {name} on the review page: {review_html:.800}"))
+    };
+    (field("csrf_token"), field("confirmation"))
+}
+
 /// Text of the element with `id="ID"`.
 pub fn element_text(html: &str, id: &str) -> Option<String> {
     let marker = format!("id=\"{id}\"");
@@ -509,10 +518,22 @@ impl Customer {
         .await
     }
 
-    /// A transfer through the form, with a fresh code.
+    /// A transfer through the form: reviewed, then confirmed with a fresh code. A refused
+    /// review is answered as it came.
     pub async fn transfer(&self, to: &str, amount: &str, message: &str) -> reqwest::Response {
-        let (csrf, key) = self.form_keys("/transfer").await;
+        let review = self.review(to, amount, message).await;
+        if review.status() != 200 {
+            return review;
+        }
+        let html = review.text().await.unwrap();
+        let (csrf, confirmation) = confirm_fields(&html);
         let code = self.next_code().await;
+        self.confirm(&csrf, &confirmation, &code).await
+    }
+
+    /// `POST /transfer` with a new form's keys: the review page when accepted.
+    pub async fn review(&self, to: &str, amount: &str, message: &str) -> reqwest::Response {
+        let (csrf, key) = self.form_keys("/transfer").await;
         self.post(
             "/transfer",
             &[
@@ -522,7 +543,19 @@ impl Customer {
                 ("from_username", &self.username),
                 ("to_username", to),
                 ("message", message),
-                ("otp", &code),
+            ],
+        )
+        .await
+    }
+
+    /// `POST /transfer/confirm`.
+    pub async fn confirm(&self, csrf: &str, confirmation: &str, otp: &str) -> reqwest::Response {
+        self.post(
+            "/transfer/confirm",
+            &[
+                ("csrf_token", csrf),
+                ("confirmation", confirmation),
+                ("otp", otp),
             ],
         )
         .await

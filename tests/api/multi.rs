@@ -16,8 +16,8 @@ use alphabank::domain::{Amount, Message, UserId, Username};
 use alphabank::startup::{Application, Services, ShutdownHandle};
 
 use crate::helpers::{
-    Customer, TestApp, balance_minor, ctx, customer, deposit, input_value, key, spawn_app,
-    spawn_app_with, test_env, verify,
+    Customer, TestApp, balance_minor, confirm_fields, ctx, customer, deposit, input_value, key,
+    spawn_app, spawn_app_with, test_env, verify,
 };
 
 /// A second in-process instance on the same database as a [`TestApp`].
@@ -162,33 +162,16 @@ async fn the_same_idempotency_key_on_a_and_b_at_once_moves_money_once() {
     let kari_b = on(&kari_a, &b.base);
     let kari_id = kari_a.user_id(&a.services).await;
     deposit(&a.services, kari_id, "1000").await;
-    let (csrf, k) = kari_a.form_keys("/transfer").await;
+    // One review; its confirmation sent to A and to B at the same moment, each with its own code.
+    let review = kari_a.review("ola", "250", "once").await;
+    assert_eq!(review.status(), 200);
+    let (csrf, confirmation) = confirm_fields(&review.text().await.unwrap());
     let (code1, code2) = (kari_a.next_code().await, kari_a.next_code().await);
-    let fields = |code: &str| {
-        vec![
-            ("csrf_token".to_string(), csrf.clone()),
-            ("idempotency_key".into(), k.clone()),
-            ("amount".into(), "250".into()),
-            ("from_username".into(), "kari".into()),
-            ("to_username".into(), "ola".into()),
-            ("message".into(), "once".into()),
-            ("otp".into(), code.to_string()),
-        ]
-    };
-    let (f1, f2) = (fields(&code1), fields(&code2));
     let (r1, r2) = tokio::join!(
-        kari_a
-            .client
-            .post(format!("{}/transfer", kari_a.base))
-            .form(&f1)
-            .send(),
-        kari_b
-            .client
-            .post(format!("{}/transfer", kari_b.base))
-            .form(&f2)
-            .send(),
+        kari_a.confirm(&csrf, &confirmation, &code1),
+        kari_b.confirm(&csrf, &confirmation, &code2),
     );
-    let statuses = [r1.unwrap().status(), r2.unwrap().status()];
+    let statuses = [r1.status(), r2.status()];
     assert!(statuses.iter().any(|s| s.as_u16() == 303), "{statuses:?}");
     assert!(
         statuses
@@ -210,37 +193,22 @@ async fn of_two_transfers_the_balance_covers_once_exactly_one_succeeds() {
     let kari_id = kari_a.user_id(&a.services).await;
     deposit(&a.services, kari_id, "100").await;
     // Through the web: one transfer to A, one to B, at the same moment.
-    let (csrf_a, key_a) = kari_a.form_keys("/transfer").await;
-    let (csrf_b, key_b) = kari_b.form_keys("/transfer").await;
+    // Through the web: two reviews (the balance covers each), confirmed on A and on B at the
+    // same moment.
+    let review_a = kari_a.review("ola", "80", "race").await;
+    let review_b = kari_b.review("ola", "80", "race").await;
+    assert_eq!(
+        (review_a.status().as_u16(), review_b.status().as_u16()),
+        (200, 200)
+    );
+    let (csrf_a, confirmation_a) = confirm_fields(&review_a.text().await.unwrap());
+    let (csrf_b, confirmation_b) = confirm_fields(&review_b.text().await.unwrap());
     let (code1, code2) = (kari_a.next_code().await, kari_a.next_code().await);
-    let fields = |csrf: &str, k: &str, code: &str| {
-        vec![
-            ("csrf_token".to_string(), csrf.to_string()),
-            ("idempotency_key".into(), k.to_string()),
-            ("amount".into(), "80".into()),
-            ("from_username".into(), "kari".into()),
-            ("to_username".into(), "ola".into()),
-            ("message".into(), "race".into()),
-            ("otp".into(), code.to_string()),
-        ]
-    };
-    let (fa, fb) = (
-        fields(&csrf_a, &key_a, &code1),
-        fields(&csrf_b, &key_b, &code2),
-    );
     let (ra, rb) = tokio::join!(
-        kari_a
-            .client
-            .post(format!("{}/transfer", kari_a.base))
-            .form(&fa)
-            .send(),
-        kari_b
-            .client
-            .post(format!("{}/transfer", kari_b.base))
-            .form(&fb)
-            .send(),
+        kari_a.confirm(&csrf_a, &confirmation_a, &code1),
+        kari_b.confirm(&csrf_b, &confirmation_b, &code2),
     );
-    let statuses = [ra.unwrap().status(), rb.unwrap().status()];
+    let statuses = [ra.status(), rb.status()];
     assert_eq!(
         statuses.iter().filter(|s| s.as_u16() == 303).count(),
         1,
@@ -290,8 +258,9 @@ async fn login_failures_on_a_and_b_add_up_to_one_block_on_both() {
     }
     assert_eq!(status(&kari_a.login().await), 401, "blocked on A");
     assert_eq!(status(&kari_b.login().await), 401, "blocked on B");
+    // One browser (its device cookie is sent to both instances): one count, the device's.
     let (lockouts, locked_until): (i64, i64) =
-        sqlx::query_as("SELECT lockouts, locked_until FROM users WHERE username_key = 'kari'")
+        sqlx::query_as("SELECT lockouts, locked_until FROM devices")
             .fetch_one(b.services.db.pool())
             .await
             .unwrap();
@@ -467,18 +436,35 @@ async fn sigkill_of_a_mid_stream_loses_no_acknowledged_transfer_and_b_keeps_serv
                     },
                     Err(_) => break,
                 };
-                let code = c.next_code().await;
-                let amount = "10";
-                let sent = c
+                let reviewed = c
                     .client
                     .post(format!("{}/transfer", c.base))
                     .form(&[
                         ("csrf_token", csrf.as_str()),
                         ("idempotency_key", &k),
-                        ("amount", amount),
+                        ("amount", "10"),
                         ("from_username", &c.username),
                         ("to_username", "ola"),
                         ("message", "stream"),
+                    ])
+                    .send()
+                    .await;
+                let review = match reviewed {
+                    Ok(r) if r.status() == 200 => match r.text().await {
+                        Ok(html) => html,
+                        Err(_) => break,
+                    },
+                    Ok(r) => panic!("unexpected review refusal {}", r.status()),
+                    Err(_) => break, // A died
+                };
+                let (csrf, confirmation) = confirm_fields(&review);
+                let code = c.next_code().await;
+                let sent = c
+                    .client
+                    .post(format!("{}/transfer/confirm", c.base))
+                    .form(&[
+                        ("csrf_token", csrf.as_str()),
+                        ("confirmation", &confirmation),
                         ("otp", &code),
                     ])
                     .send()

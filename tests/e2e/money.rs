@@ -1,5 +1,6 @@
 //! Money in a real browser, with the built-in captcha on every form: a cash deposit at the ATM,
-//! a transfer to another customer carrying a hostile message, and the receiver's home page
+//! a transfer to another customer carrying a hostile message (reviewed, then confirmed with a
+//! code), and the receiver's home page
 //! showing that message as plain text — no alert dialog, no injected element.
 
 use crate::browser::{Browser, DESKTOP};
@@ -46,10 +47,28 @@ async fn deposit_then_transfer_with_a_hostile_message_shown_escaped() {
     b.type_into("#to_username", &bjorn.username.to_uppercase())
         .await;
     b.type_into("#message", HOSTILE).await;
-    b.type_into("#otp", &astrid.authenticator.next_code().await)
-        .await;
     b.shot("transfer").await;
     b.submit("form[action=\"/transfer\"]").await;
+    // The review page: what will be sent, and the code asked for only now.
+    let review = b.wait_for("#review").await;
+    assert_eq!(
+        review.attr("data-amount-minor").await.unwrap().as_deref(),
+        Some("12345")
+    );
+    let receiver = review.attr("data-to-username").await.unwrap();
+    assert_eq!(
+        receiver.as_deref(),
+        Some(bjorn.username.to_lowercase().as_str())
+    );
+    assert!(
+        review.text().await.unwrap().contains(HOSTILE),
+        "the message as text"
+    );
+    b.assert_no_alert().await;
+    b.type_into("#otp", &astrid.authenticator.next_code().await)
+        .await;
+    b.shot("transfer-review").await;
+    b.submit("form[action=\"/transfer/confirm\"]").await;
     b.wait_to_leave("/transfer").await;
     b.assert_no_alert().await;
     b.shot("transfer-receipt").await;
