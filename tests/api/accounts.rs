@@ -845,3 +845,63 @@ async fn one_address_may_start_twenty_sign_ups_an_hour_and_a_taken_username_cost
     let (_, again) = app.signup_only("family99", password).await;
     assert_eq!(again.status(), 303);
 }
+
+#[tokio::test]
+async fn eighty_sign_ups_at_once_from_one_address_leave_other_visitors_logins_working() {
+    let app = crate::helpers::spawn_app_with(&[
+        ("ALPHABANK_TRUSTED_PROXIES", "127.0.0.1"),
+        ("ALPHABANK_RATE_LIMIT_PER_MIN", "100000"),
+    ])
+    .await;
+    let mut people = Vec::new();
+    for i in 0..4 {
+        let c = app.customer(&format!("visitor{i}")).await;
+        c.logout().await;
+        people.push(c);
+    }
+    let signup = |i: usize| {
+        let (client, base) = (app.new_client(), app.base.clone());
+        async move {
+            let from = ("x-forwarded-for", "198.51.100.7");
+            let page = client
+                .get(format!("{base}/signup"))
+                .header(from.0, from.1)
+                .send()
+                .await
+                .unwrap();
+            let csrf = input_value(&body(page).await, "csrf_token").unwrap();
+            let (name, email) = (format!("flood{i:02}"), format!("flood{i:02}@example.no"));
+            let password = "fjord lantern quietly 2611";
+            client
+                .post(format!("{base}/signup"))
+                .header(from.0, from.1)
+                .form(&[
+                    ("csrf_token", csrf.as_str()),
+                    ("username", &name),
+                    ("email", &email),
+                    ("password", password),
+                    ("password_confirm", password),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let (signups, logins) = tokio::join!(
+        futures_util::future::join_all((0..80).map(signup)),
+        futures_util::future::join_all(people.iter().map(|c| c.login())),
+    );
+    let logins: Vec<u16> = logins.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(logins, vec![303; 4], "other visitors log in: {signups:?}");
+    let accepted = signups.iter().filter(|s| **s == 303).count();
+    assert!(
+        accepted as i64 <= alphabank::customers::SIGNUPS_PER_IP_MAX,
+        "{signups:?}"
+    );
+    assert!(
+        signups.iter().all(|s| matches!(s, 303 | 429)),
+        "{signups:?}"
+    );
+}
