@@ -88,10 +88,27 @@ impl CspSources {
 
 /// A proof-of-work solution that passed every check but the replay mark (see
 /// [`Captcha::check`]).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingSpend {
     key: [u8; 32],
     keep_until_millis: i64,
+}
+
+impl PendingSpend {
+    /// The replay mark's key (hex) and how long it is kept, to carry in a sealed token.
+    pub fn to_parts(&self) -> (String, i64) {
+        (hex::encode(self.key), self.keep_until_millis)
+    }
+
+    /// A checked challenge carried by a token whose MAC the caller verified (a transfer's
+    /// confirmation): it is spent in the movement's transaction like any other.
+    pub fn from_parts(key_hex: &str, keep_until_millis: i64) -> Option<PendingSpend> {
+        let key = <[u8; 32]>::try_from(hex::decode(key_hex).ok()?).ok()?;
+        Some(PendingSpend {
+            key,
+            keep_until_millis,
+        })
+    }
 }
 
 /// Why a captcha was refused. The `Display` text of every variant but [`CaptchaError::Store`] is

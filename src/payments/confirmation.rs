@@ -7,13 +7,16 @@
 //! once: a confirmation whose key already moved money answers that receipt.
 //!
 //! No row is stored: a review costs no write, and nothing is left behind by reviews never
-//! confirmed.
+//! confirmed. The review's checked captcha travels in the token and is spent in the
+//! confirmation's movement transaction (a challenge confirms one transfer at most), so a
+//! transfer is one write transaction.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::captcha::PendingSpend;
 use crate::crypto::Keyring;
 use crate::domain::{Amount, IdempotencyKey, Message, UserId, Username};
 
@@ -37,6 +40,8 @@ pub struct Reviewed {
     pub issued_millis: i64,
     /// Random, hex: makes each review's text, and so a passkey challenge over it, unique.
     pub nonce: String,
+    /// The review's captcha, checked but not yet spent.
+    pub captcha: Option<PendingSpend>,
 }
 
 /// Why a confirmation is refused (each answers 400: review the transfer again).
@@ -72,6 +77,8 @@ struct Payload {
     key: String,
     issued_millis: i64,
     nonce: String,
+    #[serde(default)]
+    captcha: Option<(String, i64)>,
 }
 
 impl Reviewed {
@@ -82,6 +89,7 @@ impl Reviewed {
         to: &Username,
         message: Message,
         key: IdempotencyKey,
+        captcha: Option<PendingSpend>,
     ) -> Reviewed {
         let to = Username::parse(&to.lookup_key()).unwrap_or_else(|_| to.clone());
         Reviewed {
@@ -92,6 +100,7 @@ impl Reviewed {
             key,
             issued_millis: crate::now_millis(),
             nonce: hex::encode(crate::crypto::random_bytes::<16>()),
+            captcha,
         }
     }
 
@@ -122,6 +131,7 @@ impl Reviewed {
             key: self.key.as_str().to_string(),
             issued_millis: self.issued_millis,
             nonce: self.nonce.clone(),
+            captcha: self.captcha.as_ref().map(PendingSpend::to_parts),
         };
         let json = serde_json::to_vec(&payload).unwrap_or_default();
         let mac = keyring.mac(&[MAC_DOMAIN, &json]);
@@ -191,6 +201,13 @@ impl Reviewed {
             key: IdempotencyKey::parse(&payload.key).map_err(|_| ConfirmationError::Malformed)?,
             issued_millis: payload.issued_millis,
             nonce: payload.nonce,
+            captcha: match payload.captcha {
+                Some((key, keep_until)) => Some(
+                    PendingSpend::from_parts(&key, keep_until)
+                        .ok_or(ConfirmationError::Malformed)?,
+                ),
+                None => None,
+            },
         })
     }
 }

@@ -7,6 +7,7 @@
 use super::confirmation::{ConfirmationError, Reviewed};
 use super::{Command, Kind, Movement, PaymentError, Payments, Prepared, Ready, Receipt, Refusal};
 use crate::audit::AuditContext;
+use crate::captcha::PendingSpend;
 use crate::domain::{Amount, Message, UserId, Username};
 
 /// A transfer form's fields once parsed.
@@ -16,6 +17,8 @@ pub struct TransferOrder {
     pub message: Message,
     /// The username the customer typed as their own.
     pub own_username: Username,
+    /// The form's captcha, checked; spent when the transfer is confirmed.
+    pub captcha: Option<PendingSpend>,
 }
 
 /// A transfer that passed review: what the review page shows, and the token its form carries.
@@ -43,7 +46,14 @@ impl Payments {
                 .await;
             return Err(PaymentError::Refused(refusal));
         }
-        let reviewed = Reviewed::new(customer, order.amount, &order.to, order.message, ready.key);
+        let reviewed = Reviewed::new(
+            customer,
+            order.amount,
+            &order.to,
+            order.message,
+            ready.key,
+            order.captcha,
+        );
         let token = reviewed.seal(&self.keyring);
         Ok(Review { reviewed, token })
     }
@@ -107,7 +117,7 @@ impl Payments {
             },
             own_username: None,
             otp: otp.to_string(),
-            captcha: None,
+            captcha: reviewed.captcha.clone(),
         };
         self.execute(ctx, customer, own_username, ready, command)
             .await

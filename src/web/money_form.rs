@@ -257,15 +257,12 @@ async fn run<P: MoneyPage>(
             amount,
             message,
         } => {
-            if let Some(pending) = captcha {
-                let spent = services.captcha.spend(pending).await;
-                spent.map_err(|error| refusal_of::<P>(PaymentError::Captcha(error)))?;
-            }
             let order = TransferOrder {
                 to,
                 amount,
                 message,
                 own_username: parsed.own_username,
+                captcha,
             };
             let review = payments
                 .review(&ctx, customer, own_name, ready, order)

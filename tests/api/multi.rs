@@ -658,3 +658,87 @@ async fn a_rotation_interrupted_after_the_announce_resumes_with_the_announced_ke
     assert_eq!(balance_minor(s, alice).await, 10_000);
     assert!(verify(s).await.is_ok());
 }
+
+#[tokio::test]
+async fn a_transfers_captcha_is_checked_at_review_and_spent_once_by_its_confirmation() {
+    // Customers sign up on an instance without the captcha; the transfer runs on one with it.
+    let app = spawn_app().await;
+    let kari_plain = app.customer("kari").await;
+    app.customer("ola").await;
+    let pow = [("ALPHABANK_CAPTCHA", "pow"), ("ALPHABANK_POW_BITS", "6")];
+    let config = Config::load_from(None, &env_with(&app.env, &pow)).expect("config");
+    let built = Application::build(config).await.expect("builds");
+    let port = built.port();
+    let shutdown = built.shutdown_handle();
+    tokio::spawn(built.run_until_stopped());
+    let kari = on(&kari_plain, &format!("https://localhost:{port}"));
+    crate::helpers::deposit(&app.services, kari.user_id(&app.services).await, "100").await;
+    let page = kari.get("/transfer").await.text().await.unwrap();
+    let challenge = crate::helpers::input_value(&page, "pow_challenge").unwrap();
+    let nonce = pow_solve(&challenge, 6, true);
+    // Two reviews with the one solved challenge: a review writes nothing, so both are shown.
+    let mut confirmations = Vec::new();
+    for _ in 0..2 {
+        let (csrf, key) = kari.form_keys("/transfer").await;
+        let fields = [
+            ("csrf_token", csrf.as_str()),
+            ("idempotency_key", &key),
+            ("amount", "10"),
+            ("from_username", "kari"),
+            ("to_username", "ola"),
+            ("message", ""),
+            ("pow_challenge", &challenge),
+            ("pow_nonce", &nonce),
+        ];
+        let review = kari.post("/transfer", &fields).await;
+        assert_eq!(review.status(), 200);
+        confirmations.push(crate::helpers::confirm_fields(
+            &review.text().await.unwrap(),
+        ));
+    }
+    // Without the work the review is refused.
+    let (csrf, key) = kari.form_keys("/transfer").await;
+    let lazy = pow_solve(&challenge, 6, false);
+    let fields = [
+        ("csrf_token", csrf.as_str()),
+        ("idempotency_key", &key),
+        ("amount", "10"),
+        ("from_username", "kari"),
+        ("to_username", "ola"),
+        ("message", ""),
+        ("pow_challenge", &challenge),
+        ("pow_nonce", &lazy),
+    ];
+    assert_eq!(kari.post("/transfer", &fields).await.status(), 400);
+    // The first confirmation spends the challenge with its movement; the second is refused.
+    let (csrf, first) = &confirmations[0];
+    let code = kari.next_code().await;
+    assert_eq!(kari.confirm(csrf, first, &code).await.status(), 303);
+    let (csrf, second) = &confirmations[1];
+    let code = kari.next_code().await;
+    let refused = kari.confirm(csrf, second, &code).await;
+    assert_eq!(refused.status(), 400);
+    assert_eq!(kari.balance_minor().await, 9_000, "one transfer moved");
+    crate::helpers::verify(&app.services).await.unwrap();
+    shutdown.shutdown();
+}
+
+/// The first decimal nonce that does (or, with `work` false, does not do) `bits` of work.
+fn pow_solve(challenge: &str, bits: u32, work: bool) -> String {
+    use sha2::{Digest, Sha256};
+    let zero_bits = |nonce: u64| {
+        let digest = Sha256::digest(format!("{challenge}:{nonce}").as_bytes());
+        let mut bits = 0;
+        for byte in digest {
+            bits += byte.leading_zeros();
+            if byte != 0 {
+                break;
+            }
+        }
+        bits
+    };
+    (0u64..)
+        .find(|nonce| (zero_bits(*nonce) >= bits) == work)
+        .unwrap()
+        .to_string()
+}

@@ -151,6 +151,7 @@ async fn a_changed_foreign_expired_or_broken_confirmation_is_refused_and_spends_
             &Username::parse("ola").unwrap(),
             Message::parse("hei").unwrap(),
             IdempotencyKey::parse(&key).unwrap(),
+            None,
         )
     };
     let r = kari
