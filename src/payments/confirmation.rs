@@ -142,19 +142,6 @@ impl Reviewed {
         )
     }
 
-    /// The review a token names, if its MAC holds, it was issued to `customer` and it has not
-    /// expired at `now_millis`.
-    pub fn open(
-        keyring: &Keyring,
-        customer: UserId,
-        token: &str,
-        now_millis: i64,
-    ) -> Result<Reviewed, ConfirmationError> {
-        let reviewed = Self::open_any_age(keyring, customer, token)?;
-        reviewed.check_age(now_millis)?;
-        Ok(reviewed)
-    }
-
     /// `Err(Expired)` when the review is older than [`CONFIRMATION_TTL_MILLIS`] at `now_millis`.
     pub fn check_age(&self, now_millis: i64) -> Result<(), ConfirmationError> {
         let age = now_millis.saturating_sub(self.issued_millis);
@@ -165,9 +152,10 @@ impl Reviewed {
         }
     }
 
-    /// [`Reviewed::open`] without the age check: a confirmation whose key already moved money
+    /// The review a token names, if its MAC holds and it was issued to `customer`. Its age is
+    /// checked apart ([`Reviewed::check_age`]): a confirmation whose key already moved money
     /// answers its receipt however old it is.
-    pub fn open_any_age(
+    pub fn open(
         keyring: &Keyring,
         customer: UserId,
         token: &str,

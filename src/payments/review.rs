@@ -83,7 +83,7 @@ impl Payments {
         customer: UserId,
         token: &str,
     ) -> Result<Reviewed, ConfirmationError> {
-        Reviewed::open_any_age(&self.keyring, customer, token)
+        Reviewed::open(&self.keyring, customer, token)
     }
 
     /// Confirms a reviewed transfer with a one-time code: its receipt if its key already moved

@@ -151,14 +151,6 @@ pub async fn count_in(tx: &mut Tx<'_>, user: UserId) -> Result<Count, StoreError
     Ok(Count { failures, lockouts })
 }
 
-/// [`count_in`] in a transaction of its own.
-pub async fn count(db: &Db, user: UserId) -> Result<Count, StoreError> {
-    let mut tx = db.begin_write().await?;
-    let count = count_in(&mut Tx::Sqlx(&mut tx), user).await?;
-    tx.commit().await?;
-    Ok(count)
-}
-
 /// Locks the count until `until` if it holds [`FAILURES_MAX`] and is not locked at `now`, and
 /// starts it again; `Some(lockouts)` with the new number of locks, `None` when another request
 /// locked it first.

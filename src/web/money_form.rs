@@ -13,10 +13,10 @@ use super::extract::{CurrentUser, see_other};
 use super::form::CsrfForm;
 use super::view::{Chrome, Errors, render};
 use crate::auth::session::Session;
-use crate::captcha::CaptchaFields;
+use crate::captcha::{CaptchaFields, PendingSpend};
 use crate::domain::Username;
 use crate::payments::{
-    Command, Kind, Movement, PaymentError, Prepared, Receipt, Refusal, Review, TransferOrder,
+    Command, Kind, Movement, PaymentError, Prepared, Ready, Receipt, Refusal, Review, TransferOrder,
 };
 use crate::services::Services;
 
@@ -247,10 +247,24 @@ async fn run<P: MoneyPage>(
         };
         return Err(refused);
     };
-    let ctx = user.context.audit();
-    let own_name = &user.session.username;
     let captcha = captcha_gate::check(services, form, &user.context, P::KIND.as_str()).await;
     let captcha = captcha.map_err(captcha_refusal)?;
+    accept::<P>(services, user, form, ready, parsed, captcha).await
+}
+
+/// The movement service's step of a submission whose key, fields and captcha passed: a
+/// transfer's review, or a deposit's movement (its code, business rules, one transaction).
+async fn accept<P: MoneyPage>(
+    services: &Services,
+    user: &CurrentUser,
+    form: &CsrfForm,
+    ready: Ready,
+    parsed: Parsed,
+    captcha: Option<PendingSpend>,
+) -> Result<Accepted, FormRefusal> {
+    let payments = &services.payments;
+    let (ctx, customer) = (user.context.audit(), user.session.user_id);
+    let own_name = &user.session.username;
     match parsed.movement {
         Movement::Transfer {
             to,

@@ -68,7 +68,7 @@ fn work(challenge: &str, nonce: u64) -> u32 {
 }
 
 /// Brute-forces a nonce as the browser does: the first decimal nonce with enough zero bits.
-fn solve(challenge: &str, bits: u8) -> String {
+pub(crate) fn solve(challenge: &str, bits: u8) -> String {
     (0u64..)
         .find(|nonce| work(challenge, *nonce) >= u32::from(bits))
         .unwrap()
@@ -76,7 +76,7 @@ fn solve(challenge: &str, bits: u8) -> String {
 }
 
 /// A nonce that does not do the work.
-fn lazy_nonce(challenge: &str, bits: u8) -> String {
+pub(crate) fn lazy_nonce(challenge: &str, bits: u8) -> String {
     (0u64..)
         .find(|nonce| work(challenge, *nonce) < u32::from(bits))
         .unwrap()

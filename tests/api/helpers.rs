@@ -345,6 +345,20 @@ impl Customer {
         .await
     }
 
+    /// A login with a wrong password and code.
+    pub async fn wrong_login(&self) -> reqwest::Response {
+        self.submit(
+            "/login",
+            "/login",
+            &[
+                ("email", &self.email),
+                ("password", "wrong but long password"),
+                ("otp", "123456"),
+            ],
+        )
+        .await
+    }
+
     pub async fn logout(&self) -> reqwest::Response {
         self.submit("/settings", "/logout", &[]).await
     }

@@ -19,18 +19,7 @@ fn stranger_browser(app: &TestApp, kari: &Customer) -> Customer {
 }
 
 async fn wrong_login(c: &Customer) -> u16 {
-    c.submit(
-        "/login",
-        "/login",
-        &[
-            ("email", &c.email),
-            ("password", "wrong but long password"),
-            ("otp", "123456"),
-        ],
-    )
-    .await
-    .status()
-    .as_u16()
+    c.wrong_login().await.status().as_u16()
 }
 
 async fn events(app: &TestApp, name: &str) -> Vec<serde_json::Value> {

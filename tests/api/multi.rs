@@ -89,19 +89,6 @@ async fn atm(c: &Customer, csrf: &str, key: &str, code: &str) -> reqwest::Respon
 }
 
 /// A login with a wrong password (and a wrong code).
-async fn wrong_login(c: &Customer) -> reqwest::Response {
-    c.submit(
-        "/login",
-        "/login",
-        &[
-            ("email", &c.email),
-            ("password", "wrong but long password"),
-            ("otp", "123456"),
-        ],
-    )
-    .await
-}
-
 fn status(r: &reqwest::Response) -> u16 {
     r.status().as_u16()
 }
@@ -253,7 +240,7 @@ async fn login_failures_on_a_and_b_add_up_to_one_block_on_both() {
     let kari_b = on(&kari_a, &b.base);
     for (who, times) in [(&kari_a, 3), (&kari_b, 2)] {
         for _ in 0..times {
-            assert_eq!(status(&wrong_login(who).await), 401);
+            assert_eq!(status(&who.wrong_login().await), 401);
         }
     }
     assert_eq!(status(&kari_a.login().await), 401, "blocked on A");
@@ -675,41 +662,36 @@ async fn a_transfers_captcha_is_checked_at_review_and_spent_once_by_its_confirma
     crate::helpers::deposit(&app.services, kari.user_id(&app.services).await, "100").await;
     let page = kari.get("/transfer").await.text().await.unwrap();
     let challenge = crate::helpers::input_value(&page, "pow_challenge").unwrap();
-    let nonce = pow_solve(&challenge, 6, true);
+    let nonce = crate::captcha::solve(&challenge, 6);
     // Two reviews with the one solved challenge: a review writes nothing, so both are shown.
     let mut confirmations = Vec::new();
+    let review = |nonce: String| {
+        let (kari, challenge) = (&kari, &challenge);
+        async move {
+            let (csrf, key) = kari.form_keys("/transfer").await;
+            let fields = [
+                ("csrf_token", csrf.as_str()),
+                ("idempotency_key", &key),
+                ("amount", "10"),
+                ("from_username", "kari"),
+                ("to_username", "ola"),
+                ("message", ""),
+                ("pow_challenge", challenge),
+                ("pow_nonce", &nonce),
+            ];
+            kari.post("/transfer", &fields).await
+        }
+    };
     for _ in 0..2 {
-        let (csrf, key) = kari.form_keys("/transfer").await;
-        let fields = [
-            ("csrf_token", csrf.as_str()),
-            ("idempotency_key", &key),
-            ("amount", "10"),
-            ("from_username", "kari"),
-            ("to_username", "ola"),
-            ("message", ""),
-            ("pow_challenge", &challenge),
-            ("pow_nonce", &nonce),
-        ];
-        let review = kari.post("/transfer", &fields).await;
+        let review = review(nonce.clone()).await;
         assert_eq!(review.status(), 200);
         confirmations.push(crate::helpers::confirm_fields(
             &review.text().await.unwrap(),
         ));
     }
     // Without the work the review is refused.
-    let (csrf, key) = kari.form_keys("/transfer").await;
-    let lazy = pow_solve(&challenge, 6, false);
-    let fields = [
-        ("csrf_token", csrf.as_str()),
-        ("idempotency_key", &key),
-        ("amount", "10"),
-        ("from_username", "kari"),
-        ("to_username", "ola"),
-        ("message", ""),
-        ("pow_challenge", &challenge),
-        ("pow_nonce", &lazy),
-    ];
-    assert_eq!(kari.post("/transfer", &fields).await.status(), 400);
+    let lazy = crate::captcha::lazy_nonce(&challenge, 6);
+    assert_eq!(review(lazy).await.status(), 400);
     // The first confirmation spends the challenge with its movement; the second is refused.
     let (csrf, first) = &confirmations[0];
     let code = kari.next_code().await;
@@ -721,24 +703,4 @@ async fn a_transfers_captcha_is_checked_at_review_and_spent_once_by_its_confirma
     assert_eq!(kari.balance_minor().await, 9_000, "one transfer moved");
     crate::helpers::verify(&app.services).await.unwrap();
     shutdown.shutdown();
-}
-
-/// The first decimal nonce that does (or, with `work` false, does not do) `bits` of work.
-fn pow_solve(challenge: &str, bits: u32, work: bool) -> String {
-    use sha2::{Digest, Sha256};
-    let zero_bits = |nonce: u64| {
-        let digest = Sha256::digest(format!("{challenge}:{nonce}").as_bytes());
-        let mut bits = 0;
-        for byte in digest {
-            bits += byte.leading_zeros();
-            if byte != 0 {
-                break;
-            }
-        }
-        bits
-    };
-    (0u64..)
-        .find(|nonce| (zero_bits(*nonce) >= bits) == work)
-        .unwrap()
-        .to_string()
 }
