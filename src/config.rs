@@ -81,6 +81,8 @@ pub struct Config {
     pub captcha_verify_url: Option<String>,
     pub argon2: Argon2Cost,
     pub log_format: LogFormat,
+    /// The origin customers use (CONTRACT §1): the WebAuthn origin; its host is the RP id.
+    pub public_url: url::Url,
 }
 
 /// One configuration problem, shown as a single line: `ALPHABANK_X: what is wrong`.
@@ -145,6 +147,7 @@ struct RawConfig {
     argon2_t: Option<String>,
     argon2_p: Option<String>,
     log_format: Option<String>,
+    public_url: Option<String>,
 }
 
 impl RawConfig {
@@ -200,6 +203,7 @@ impl RawConfig {
             "argon2_t" => &mut self.argon2_t,
             "argon2_p" => &mut self.argon2_p,
             "log_format" => &mut self.log_format,
+            "public_url" => &mut self.public_url,
             _ => return None,
         };
         Some(slot)
@@ -276,6 +280,7 @@ struct Network {
     plain_http: bool,
     http_redirect_listen: Option<SocketAddr>,
     trusted_proxies: Vec<IpNet>,
+    public_url: url::Url,
 }
 
 impl Network {
@@ -292,6 +297,7 @@ impl Network {
             None => Vec::new(),
             Some(list) => parse_proxies(list)?,
         };
+        let public_url = parse_public_url(raw.public_url.as_deref(), listen.port())?;
         Ok(Network {
             listen,
             tls_cert,
@@ -299,8 +305,49 @@ impl Network {
             plain_http,
             http_redirect_listen,
             trusted_proxies,
+            public_url,
         })
     }
+}
+
+/// `ALPHABANK_PUBLIC_URL`: an origin (no path, query, fragment or credentials), `https://`, or
+/// `http://` for a loopback host only (browsers treat those as secure contexts); by default
+/// `https://localhost:<listen port>`.
+fn parse_public_url(value: Option<&str>, listen_port: u16) -> Result<url::Url, ConfigError> {
+    let default = format!("https://localhost:{listen_port}");
+    let text = value.unwrap_or(&default);
+    let problem = |p: &str| bad("public_url", format!("`{text}` {p}"));
+    let url = url::Url::parse(text).map_err(|_| problem("is not a URL"))?;
+    if value.is_some() && url.port() == Some(0) {
+        return Err(problem("names port 0"));
+    }
+    let host = url.host_str().unwrap_or_default().to_string();
+    let loopback = host == "localhost"
+        || host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        _ => {
+            return Err(problem(
+                "must be https:// (http:// only for a loopback host)",
+            ));
+        }
+    }
+    if host.is_empty()
+        || url.path() != "/"
+        || url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
+        return Err(problem(
+            "must be an origin only, like https://bank.example (no path, query or credentials)",
+        ));
+    }
+    Ok(url)
 }
 
 /// The certificate and private key files: both or neither, and existing when named.
@@ -564,8 +611,19 @@ impl Config {
             captcha_verify_url: captcha.captcha_verify_url,
             argon2,
             log_format,
+            public_url: network.public_url,
         })
     }
+    /// The configuration once the HTTPS listener is bound to `port`: a default public URL made
+    /// for `ALPHABANK_LISTEN` port 0 names that port.
+    pub fn with_bound_port(mut self, port: u16) -> Self {
+        if self.public_url.port() == Some(0) {
+            // Cannot fail: an https URL with a host takes any port.
+            let _ = self.public_url.set_port(Some(port));
+        }
+        self
+    }
+
     /// Whether the database is the embedded SQLite file.
     pub fn is_sqlite(&self) -> bool {
         self.database_url.expose().starts_with("sqlite:")
@@ -629,6 +687,37 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn the_public_url_is_an_origin() {
+        let c = Config::load_from(None, &env(&[("ALPHABANK_LISTEN", "127.0.0.1:9000")])).unwrap();
+        assert_eq!(c.public_url.as_str(), "https://localhost:9000/");
+        let bound = Config::load_from(None, &env(&[("ALPHABANK_LISTEN", "127.0.0.1:0")]))
+            .unwrap()
+            .with_bound_port(4321);
+        assert_eq!(bound.public_url.as_str(), "https://localhost:4321/");
+        let ok = [
+            ("https://bank.example", "https://bank.example/"),
+            ("http://127.0.0.1:8080", "http://127.0.0.1:8080/"),
+        ];
+        for (given, origin) in ok {
+            let c = Config::load_from(None, &env(&[("ALPHABANK_PUBLIC_URL", given)])).unwrap();
+            assert_eq!(c.public_url.as_str(), origin);
+        }
+        for bad in [
+            "bank.example",
+            "http://bank.example",
+            "https://bank.example/app",
+            "https://bank.example/?x=1",
+            "https://user:pw@bank.example",
+            "https://bank.example:0",
+            "ftp://bank.example",
+        ] {
+            let error =
+                Config::load_from(None, &env(&[("ALPHABANK_PUBLIC_URL", bad)])).unwrap_err();
+            assert_eq!(error.variable, "ALPHABANK_PUBLIC_URL", "{bad}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::audit::AuditLog;
+use crate::auth::passkey::Passkeys;
 use crate::auth::password::PasswordHasher;
 use crate::captcha::Captcha;
 use crate::config::Config;
@@ -42,6 +43,7 @@ pub struct ServiceSet {
     pub audit: AuditLog,
     pub ledger: Ledger,
     pub payments: Payments,
+    pub passkeys: Passkeys,
     pub hasher: PasswordHasher,
     pub captcha: Captcha,
     pub rate_limiter: Arc<ClientLimiter>,

@@ -11,6 +11,7 @@ use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
 
 use crate::audit::AuditLog;
+use crate::auth::passkey::Passkeys;
 use crate::auth::password::{HashError, PasswordHasher};
 use crate::captcha::Captcha;
 use crate::config::{CaptchaMode, Config, ConfigError};
@@ -18,7 +19,7 @@ use crate::crypto::master::MasterKeySource;
 use crate::crypto::{CryptoError, Keyring, MasterKey};
 use crate::ledger::{Ledger, LedgerError};
 use crate::limits::SHUTDOWN_DRAIN_TIMEOUT;
-use crate::payments::Payments;
+use crate::payments::{PaymentParts, Payments};
 use crate::rate_limit::ClientLimiter;
 use crate::services::ServiceSet;
 use crate::store::{Db, StoreError, keys as key_store};
@@ -149,13 +150,20 @@ pub async fn open_services(config: Config) -> Result<Services, StartError> {
         .map_err(|e| StartError::Database(DatabaseError::CashAccount(e)))?;
     let captcha =
         Captcha::try_new(&config, db.clone(), keyring.clone()).map_err(StartError::Config)?;
-    let payments = Payments::new(
+    let passkeys = Passkeys::new(
+        &config.public_url,
         db.clone(),
         keyring.clone(),
-        ledger.clone(),
         audit.clone(),
-        captcha.clone(),
     );
+    let payments = Payments::new(PaymentParts {
+        db: db.clone(),
+        keyring: keyring.clone(),
+        ledger: ledger.clone(),
+        audit: audit.clone(),
+        captcha: captcha.clone(),
+        passkeys: passkeys.clone(),
+    });
     let hasher = PasswordHasher::new(config.argon2)
         .map_err(|e| StartError::Keys(KeysError::PasswordHasher(e)))?;
     let rate_limiter = Arc::new(ClientLimiter::per_minute(config.rate_limit_per_min));
@@ -166,6 +174,7 @@ pub async fn open_services(config: Config) -> Result<Services, StartError> {
         audit,
         ledger,
         payments,
+        passkeys,
         hasher,
         captcha,
         rate_limiter,
@@ -212,6 +221,11 @@ fn local_port(listener: &std::net::TcpListener, addr: SocketAddr) -> Result<u16,
 
 impl Application {
     pub async fn build(config: Config) -> Result<Self, StartError> {
+        // Bound first: with `ALPHABANK_LISTEN` on port 0 the default public URL (the WebAuthn
+        // origin) names the port the system chose.
+        let listener = bind(config.listen)?;
+        let port = local_port(&listener, config.listen)?;
+        let config = config.with_bound_port(port);
         let services = open_services(config).await?;
         let config = services.config.clone();
         log_start_warnings(&config);
@@ -246,8 +260,6 @@ impl Application {
             let server_config = crate::tls::server_config(&files).map_err(StartError::Tls)?;
             Some(RustlsConfig::from_config(server_config))
         };
-        let listener = bind(config.listen)?;
-        let port = local_port(&listener, config.listen)?;
         let redirect = match config.http_redirect_listen {
             Some(addr) => {
                 let l = bind(addr)?;
@@ -378,6 +390,11 @@ fn spawn_keyring_refresh(services: &Services) -> tokio::task::JoinHandle<()> {
             let idle = i64::try_from(services.config.session_idle_secs).unwrap_or(0) * 1_000;
             let absolute =
                 i64::try_from(services.config.session_absolute_secs).unwrap_or(0) * 1_000;
+            if let Err(error) =
+                crate::store::passkeys::delete_expired_challenges(&services.db, now).await
+            {
+                tracing::error!(%error, "could not delete expired passkey challenges");
+            }
             if let Err(error) =
                 crate::store::sessions::delete_expired(&services.db, now - idle, now - absolute)
                     .await

@@ -55,6 +55,9 @@ pub enum AuditEvent {
     Transfer {
         entry_id: i64,
         to_user_id: UserId,
+        /// The passkey signature that confirmed it (CONTRACT §7); none for a code.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        signed: Option<Signature>,
     },
     Deposit {
         entry_id: i64,
@@ -76,6 +79,22 @@ pub enum AuditEvent {
         path: String,
     },
     PasswordChanged,
+    PasskeyAdded {
+        passkey_id: i64,
+    },
+    PasskeyRemoved {
+        passkey_id: i64,
+    },
+    /// Adding or removing a passkey refused (`action` "add" or "remove").
+    PasskeyRefused {
+        action: &'static str,
+        reason: &'static str,
+    },
+    /// An assertion whose signature counter did not move forward: a cloned authenticator, or a
+    /// replayed assertion. Refused.
+    PasskeyCloneSuspected {
+        passkey_id: i64,
+    },
     /// A password change refused for a wrong current password or code (one message to the user).
     PasswordChangeRefused {
         reason: &'static str,
@@ -91,6 +110,15 @@ pub enum AuditEvent {
         new_master_key_id: String,
         data_keys: u64,
     },
+}
+
+/// The passkey signature of a payment: SHA-256 of its canonical text (hex), and which passkey.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Signature {
+    pub digest: String,
+    pub passkey_id: i64,
+    /// The credential id (base64url).
+    pub credential: String,
 }
 
 /// Longest path stored in an event detail.

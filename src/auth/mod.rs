@@ -3,9 +3,11 @@
 //! words, and about the same time (a dummy hash is verified for unknown emails).
 
 pub mod failures;
+pub mod passkey;
 pub mod password;
 pub mod session;
 pub mod totp;
+pub mod webauthn;
 
 use crate::audit::{AuditContext, AuditEvent};
 use crate::crypto::{Aad, CryptoError};
@@ -508,6 +510,42 @@ async fn spend_recovery_code(
             .await;
     }
     Ok(spent)
+}
+
+/// A one-time code checked inside a session, its failure counted (CONTRACT §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeVerdict {
+    /// Right, and spent.
+    Right,
+    /// Wrong (or spent before), and counted.
+    Wrong,
+    /// Wrong, and the count is full: the session must end.
+    TooManyFailures,
+}
+
+/// Checks a code (TOTP only: recovery codes do not confirm actions) for an action inside a
+/// session; a wrong one counts toward the account's failures.
+pub async fn check_code_counted(
+    services: &Services,
+    ctx: &AuditContext,
+    user_id: UserId,
+    otp: &str,
+) -> Result<CodeVerdict, AuthError> {
+    if check_totp(services, user_id, otp, CodeCheck::Session).await? {
+        return Ok(CodeVerdict::Right);
+    }
+    let Some(count) = failure_store::charge_in_session(&services.db, user_id).await? else {
+        return Ok(CodeVerdict::TooManyFailures);
+    };
+    let (db, audit) = (&services.db, &services.audit);
+    let ctx = ctx.with_user(user_id);
+    Ok(
+        if failures::lock_if_full(db, audit, &ctx, user_id, &Side::Shared, count).await? {
+            CodeVerdict::TooManyFailures
+        } else {
+            CodeVerdict::Wrong
+        },
+    )
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -27,5 +27,5 @@ pub use ids::UserId;
 pub use kinds::{AccountKind, EntryKind, UnknownKind};
 pub use money::{Amount, AmountError, DepositAmount, Money};
 pub use password::{Password, PasswordError};
-pub use text::{CardName, Message, TextError};
+pub use text::{CardName, Message, PasskeyName, TextError};
 pub use username::{Username, UsernameError};

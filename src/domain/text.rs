@@ -1,4 +1,5 @@
-//! Free text a customer writes: transfer messages (≤ 120 characters) and ATM card names (1–64).
+//! Free text a customer writes: transfer messages (≤ 120 characters), ATM card names and passkey
+//! names (1–64).
 //! Characters are Unicode scalar values. Control characters are refused (they have no place in a
 //! message and are a log/terminal injection vector); bidirectional text is allowed and isolated
 //! when shown (`<bdi>` in the templates).
@@ -56,7 +57,21 @@ impl CardName {
     }
 }
 
-display_as_str!(Message, CardName);
+/// A customer's name for one of their passkeys: 1–64 characters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PasskeyName(String);
+
+impl PasskeyName {
+    pub const LEN_MAX: usize = 64;
+    pub fn parse(input: &str) -> Result<Self, TextError> {
+        check(input, 1, Self::LEN_MAX).map(PasskeyName)
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+display_as_str!(Message, CardName, PasskeyName);
 
 #[cfg(test)]
 mod tests {

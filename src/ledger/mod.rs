@@ -333,6 +333,7 @@ impl Ledger {
             receiver,
             amount,
             message: message.clone(),
+            signed: None,
         };
         self.move_alone(ctx, user_id, what, key).await
     }
@@ -389,6 +390,7 @@ impl Ledger {
                 receiver,
                 amount,
                 message,
+                signed,
             } => {
                 let to_user_id = transfer_receiver(user_id, *receiver)?;
                 let locked = ledger_store::lock_accounts_of_users(
@@ -398,7 +400,13 @@ impl Ledger {
                     Some(customer_key),
                 )
                 .await?;
-                self.plan_transfer(user_id, to_user_id, locked, *amount, message)?
+                let transfer = PlannedTransfer {
+                    to_user_id,
+                    amount: *amount,
+                    message,
+                    signed: signed.clone(),
+                };
+                self.plan_transfer(user_id, locked, transfer)?
             }
             Move::Deposit { amount, card_name } => {
                 let locked = ledger_store::lock_account_and_user(
@@ -457,11 +465,15 @@ impl Ledger {
     fn plan_transfer(
         &self,
         user_id: UserId,
-        to_user_id: UserId,
         locked: ledger_store::Locked,
-        amount: Amount,
-        message: &Message,
+        transfer: PlannedTransfer<'_>,
     ) -> Result<Planned, LedgerError> {
+        let PlannedTransfer {
+            to_user_id,
+            amount,
+            message,
+            signed,
+        } = transfer;
         let accounts = locked.accounts;
         if accounts.len() == 1 && accounts.iter().all(|a| a.user_id == Some(user_id)) {
             return Err(LedgerError::UnknownReceiver);
@@ -485,6 +497,7 @@ impl Ledger {
             event: AuditEvent::Transfer {
                 entry_id,
                 to_user_id,
+                signed,
             },
             audit_head: locked.audit_head,
         })))
@@ -756,6 +769,14 @@ impl Ledger {
     }
 }
 
+/// A transfer to plan once its accounts are locked.
+struct PlannedTransfer<'a> {
+    to_user_id: UserId,
+    amount: Amount,
+    message: &'a Message,
+    signed: Option<crate::audit::Signature>,
+}
+
 /// What a customer's movement moves, once its fields parsed.
 #[derive(Debug, Clone)]
 pub enum Move {
@@ -764,6 +785,8 @@ pub enum Move {
         receiver: Option<UserId>,
         amount: Amount,
         message: Message,
+        /// The passkey signature that confirmed it, for its audit event.
+        signed: Option<crate::audit::Signature>,
     },
     /// From the bank's cash account (an ATM deposit).
     Deposit {

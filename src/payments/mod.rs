@@ -14,9 +14,10 @@ mod confirmation;
 mod review;
 
 pub use confirmation::{CONFIRMATION_TTL_MILLIS, ConfirmationError, Reviewed};
-pub use review::{Review, TransferOrder};
+pub use review::{Review, SecondFactor, TransferOrder};
 
-use crate::audit::{AuditContext, AuditEvent, AuditLog};
+use crate::audit::{AuditContext, AuditEvent, AuditLog, Signature};
+use crate::auth::passkey::Passkeys;
 use crate::auth::totp_step_with;
 use crate::captcha::{CaptchaError, PendingSpend};
 use crate::crypto::Keyring;
@@ -56,12 +57,20 @@ impl Movement {
 
 /// A money form's command, once its key was accepted, its fields parsed and its captcha
 /// checked: who moves what, the username the customer typed as their own (`None`: checked when
-/// the transfer was reviewed), the one-time code and the captcha still to spend.
+/// the transfer was reviewed), the second factor and the captcha still to spend.
 pub struct Command {
     pub movement: Movement,
     pub own_username: Option<Username>,
-    pub otp: String,
+    pub factor: Factor,
     pub captcha: Option<PendingSpend>,
+}
+
+/// The second factor of a movement: a one-time code (checked and spent in the movement's
+/// transaction), or a passkey signature over the payment, verified before it.
+#[derive(Debug, Clone)]
+pub enum Factor {
+    Code(String),
+    Signed(Signature),
 }
 
 /// The movement a customer can see: its journal entry.
@@ -75,6 +84,9 @@ pub struct Receipt {
 pub enum Refusal {
     /// The code is wrong, or its step was already used.
     WrongCode,
+    /// The passkey signature does not verify for this payment, or its passkey is not the
+    /// customer's.
+    WrongPasskey,
     /// A wrong code that filled the account's failure count: the session must end, and the
     /// count is locked (CONTRACT §3).
     TooManyFailures,
@@ -94,6 +106,7 @@ impl Refusal {
     pub fn reason(&self) -> &'static str {
         match self {
             Refusal::WrongCode | Refusal::TooManyFailures => "wrong_code",
+            Refusal::WrongPasskey => "wrong_passkey",
             Refusal::NotOwnUsername => "not_own_username",
             Refusal::InsufficientFunds => "insufficient_funds",
             Refusal::SelfTransfer => "self_transfer",
@@ -161,23 +174,50 @@ pub struct Payments {
     ledger: Ledger,
     audit: AuditLog,
     captcha: crate::captcha::Captcha,
+    passkeys: Passkeys,
+}
+
+/// What the movement service works with.
+pub struct PaymentParts {
+    pub db: Db,
+    pub keyring: Keyring,
+    pub ledger: Ledger,
+    pub audit: AuditLog,
+    pub captcha: crate::captcha::Captcha,
+    pub passkeys: Passkeys,
 }
 
 impl Payments {
-    pub fn new(
-        db: Db,
-        keyring: Keyring,
-        ledger: Ledger,
-        audit: AuditLog,
-        captcha: crate::captcha::Captcha,
-    ) -> Self {
+    pub fn new(parts: PaymentParts) -> Self {
+        let PaymentParts {
+            db,
+            keyring,
+            ledger,
+            audit,
+            captcha,
+            passkeys,
+        } = parts;
         Payments {
             db,
             keyring,
             ledger,
             audit,
             captcha,
+            passkeys,
         }
+    }
+
+    /// Request options for signing `reviewed` with one of its customer's passkeys (the review
+    /// page's `passkey-sign`); `None` when the customer has none.
+    pub async fn signing_options(
+        &self,
+        reviewed: &Reviewed,
+    ) -> Result<Option<serde_json::Value>, PaymentError> {
+        let digest = reviewed.digest();
+        Ok(self
+            .passkeys
+            .payment_options(reviewed.customer, &digest)
+            .await?)
     }
 
     /// Issues an idempotency key for this customer: `random.mac`, so a key cannot be forged or
@@ -234,14 +274,9 @@ impl Payments {
         ready: Ready,
         command: Command,
     ) -> Result<Receipt, PaymentError> {
-        let step = totp_step_with(
-            &self.keyring,
-            customer,
-            &command.otp,
-            ready.reads.totp_secret_enc.as_deref(),
-            ready.reads.totp_last_step,
-        )?;
+        let (step, signed) = self.second_factor(customer, &ready, command.factor)?;
         let kind = command.movement.kind();
+        let signed_ok = signed.is_some();
         let what = match command.movement {
             Movement::Transfer {
                 amount, message, ..
@@ -249,6 +284,7 @@ impl Payments {
                 receiver: ready.reads.receiver,
                 amount,
                 message,
+                signed,
             },
             Movement::Deposit { amount, card_name } => Move::Deposit { amount, card_name },
         };
@@ -259,6 +295,7 @@ impl Payments {
             customer,
             captcha: command.captcha,
             step,
+            signed: signed_ok,
             own_username_ok: command
                 .own_username
                 .is_none_or(|typed| typed.lookup_key() == own_username.to_ascii_lowercase()),
@@ -289,6 +326,29 @@ impl Payments {
         outcome
     }
 
+    /// A code's step (if it matches; spent in the movement's transaction), or the verified
+    /// signature.
+    fn second_factor(
+        &self,
+        customer: UserId,
+        ready: &Ready,
+        factor: Factor,
+    ) -> Result<(Option<i64>, Option<Signature>), PaymentError> {
+        Ok(match factor {
+            Factor::Code(otp) => {
+                let step = totp_step_with(
+                    &self.keyring,
+                    customer,
+                    &otp,
+                    ready.reads.totp_secret_enc.as_deref(),
+                    ready.reads.totp_last_step,
+                )?;
+                (step, None)
+            }
+            Factor::Signed(signature) => (None, Some(signature)),
+        })
+    }
+
     /// Records a refusal decided before the movement's transaction (the customer's mistake,
     /// or an operating error), in a transaction of its own.
     pub async fn audit_refusal(&self, ctx: &AuditContext, kind: Kind, reason: &'static str) {
@@ -308,6 +368,8 @@ struct MovementWork {
     customer: UserId,
     captcha: Option<PendingSpend>,
     step: Option<i64>,
+    /// The payment was signed with a passkey (verified): no code to spend.
+    signed: bool,
     own_username_ok: bool,
     what: Move,
     key: IdempotencyKey,
@@ -386,9 +448,17 @@ impl MovementWork {
     }
 
     /// Spends the captcha's replay mark and the code's step (both in one statement where both
-    /// are given; a replayed challenge spends no step). `Ok(whether the code counts)`.
+    /// are given; a replayed challenge spends no step). `Ok(whether the second factor counts)`:
+    /// a verified passkey signature counts unless the failure count is full.
     async fn spend(&self, tx: &mut Tx<'_>) -> Result<bool, CaptchaError> {
         let captcha = &self.payments.captcha;
+        if self.signed {
+            if let Some(pending) = self.captcha.clone() {
+                captcha.spend_in(tx, pending).await?;
+            }
+            let counts = crate::store::users::passkey_signature_counts_in(tx, self.customer);
+            return Ok(counts.await?);
+        }
         match (self.captcha.clone(), self.step) {
             (Some(pending), Some(step)) => {
                 captcha

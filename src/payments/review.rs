@@ -5,10 +5,13 @@
 //! what was reviewed through [`Payments::execute`] (code, business rules again, one transaction).
 
 use super::confirmation::{ConfirmationError, Reviewed};
-use super::{Command, Kind, Movement, PaymentError, Payments, Prepared, Ready, Receipt, Refusal};
+use super::{
+    Command, Factor, Kind, Movement, PaymentError, Payments, Prepared, Ready, Receipt, Refusal,
+};
 use crate::audit::AuditContext;
 use crate::captcha::PendingSpend;
 use crate::domain::{Amount, Message, UserId, Username};
+use crate::store::failures::{self as failure_store, Side};
 
 /// A transfer form's fields once parsed.
 pub struct TransferOrder {
@@ -19,6 +22,14 @@ pub struct TransferOrder {
     pub own_username: Username,
     /// The form's captcha, checked; spent when the transfer is confirmed.
     pub captcha: Option<PendingSpend>,
+}
+
+/// What confirms a reviewed transfer: the `otp` field, or the `passkey_assertion` field
+/// (`AuthenticationResponseJSON`).
+#[derive(Debug, Clone, Copy)]
+pub enum SecondFactor<'a> {
+    Code(&'a str),
+    Passkey(&'a str),
 }
 
 /// A transfer that passed review: what the review page shows, and the token its form carries.
@@ -58,6 +69,39 @@ impl Payments {
         Ok(Review { reviewed, token })
     }
 
+    /// The passkey signature of `reviewed`, verified; a wrong one is audited and counted
+    /// toward the customer's failures (the 5th ends the session).
+    async fn verify_signature(
+        &self,
+        ctx: &AuditContext,
+        reviewed: &Reviewed,
+        assertion: &str,
+    ) -> Result<crate::audit::Signature, PaymentError> {
+        let customer = reviewed.customer;
+        let digest = reviewed.digest();
+        let verified = self
+            .passkeys
+            .verify_payment(ctx, customer, &digest, assertion)
+            .await?;
+        if let Ok(signature) = verified {
+            return Ok(signature);
+        }
+        self.audit_refusal(ctx, Kind::Transfer, Refusal::WrongPasskey.reason())
+            .await;
+        let full = match failure_store::charge_in_session(&self.db, customer).await? {
+            None => true,
+            Some(count) => {
+                let (db, audit, side) = (&self.db, &self.audit, &Side::Shared);
+                crate::auth::failures::lock_if_full(db, audit, ctx, customer, side, count).await?
+            }
+        };
+        Err(PaymentError::Refused(if full {
+            Refusal::TooManyFailures
+        } else {
+            Refusal::WrongPasskey
+        }))
+    }
+
     async fn review_refusal(
         &self,
         customer: UserId,
@@ -86,15 +130,15 @@ impl Payments {
         Reviewed::open(&self.keyring, customer, token)
     }
 
-    /// Confirms a reviewed transfer with a one-time code: its receipt if its key already moved
-    /// money, a refusal if it expired (nothing spent), else the movement of exactly what was
-    /// reviewed.
+    /// Confirms a reviewed transfer with a one-time code or a passkey signature over its
+    /// digest: its receipt if its key already moved money, a refusal if it expired (nothing
+    /// spent), else the movement of exactly what was reviewed.
     pub async fn confirm(
         &self,
         ctx: &AuditContext,
         own_username: &str,
         reviewed: &Reviewed,
-        otp: &str,
+        factor: SecondFactor<'_>,
     ) -> Result<Receipt, PaymentError> {
         let customer = reviewed.customer;
         let prepared = self
@@ -109,6 +153,12 @@ impl Payments {
                 .await;
             return Err(PaymentError::Refused(Refusal::Confirmation(error)));
         }
+        let factor = match factor {
+            SecondFactor::Code(otp) => Factor::Code(otp.to_string()),
+            SecondFactor::Passkey(assertion) => {
+                Factor::Signed(self.verify_signature(ctx, reviewed, assertion).await?)
+            }
+        };
         let command = Command {
             movement: Movement::Transfer {
                 to: reviewed.to.clone(),
@@ -116,7 +166,7 @@ impl Payments {
                 message: reviewed.message.clone(),
             },
             own_username: None,
-            otp: otp.to_string(),
+            factor,
             captcha: reviewed.captcha.clone(),
         };
         self.execute(ctx, customer, own_username, ready, command)

@@ -20,6 +20,7 @@ pub mod group;
 mod ids;
 pub mod keys;
 pub mod ledger;
+pub mod passkeys;
 pub mod sealed;
 pub mod sessions;
 pub mod users;
@@ -248,6 +249,7 @@ const MIGRATIONS_SQLITE: &[(i64, &str)] = &[
         4,
         include_str!("../../migrations/sqlite/0004_devices_and_signup_throttle.sql"),
     ),
+    (5, include_str!("../../migrations/sqlite/0005_passkeys.sql")),
 ];
 const MIGRATIONS_POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
@@ -262,6 +264,10 @@ const MIGRATIONS_POSTGRES: &[(i64, &str)] = &[
     (
         4,
         include_str!("../../migrations/postgres/0004_devices_and_signup_throttle.sql"),
+    ),
+    (
+        5,
+        include_str!("../../migrations/postgres/0005_passkeys.sql"),
     ),
 ];
 

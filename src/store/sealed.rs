@@ -51,6 +51,16 @@ pub const SEALED_COLUMNS: &[SealedColumn] = &[
         composite: false,
     },
     SealedColumn {
+        table: "passkeys",
+        column: "credential_enc",
+        composite: false,
+    },
+    SealedColumn {
+        table: "passkeys",
+        column: "name_enc",
+        composite: false,
+    },
+    SealedColumn {
         table: "postings",
         column: "amount_enc",
         composite: true,

@@ -215,6 +215,24 @@ pub async fn spend_totp_step_in(
     Ok(updated == 1)
 }
 
+/// A passkey signature inside a session (CONTRACT §3): `false` while the shared failure count is
+/// full; otherwise the count starts again, as with a right code.
+pub async fn passkey_signature_counts_in(
+    tx: &mut Tx<'_>,
+    user_id: UserId,
+) -> Result<bool, StoreError> {
+    const SQL: &str = "UPDATE users SET failed_logins = 0 WHERE id = $1 AND failed_logins < 5";
+    let updated = match tx {
+        Tx::Sqlx(tx) => sqlx::query(SQL)
+            .bind(user_id)
+            .execute(tx.conn())
+            .await?
+            .rows_affected(),
+        Tx::Batch(tx) => tx.execute(&[SQL], &[Param::Integer(user_id.get())])? as u64,
+    };
+    Ok(updated == 1)
+}
+
 const SPEND_TOTP_STEP: &str =
     "UPDATE users SET totp_last_step = $1 WHERE id = $2 AND totp_last_step < $1";
 /// `failed_logins < 5`: `failures::FAILURES_MAX` (asserted below).

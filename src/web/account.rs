@@ -37,6 +37,27 @@ struct LoginPage {
     email: String,
     errors: Errors,
     captcha: CaptchaFields,
+    /// The passkey form's own captcha (a challenge is spent by one form).
+    passkey_captcha: CaptchaFields,
+}
+
+/// The login page again after a refused login (password or passkey), with `message`.
+pub(super) fn login_again(
+    services: &Services,
+    form: &CsrfForm,
+    context: &super::context::RequestContext,
+    status: StatusCode,
+    message: String,
+) -> Response {
+    let page = LoginPage {
+        chrome: Chrome::visitor(),
+        csrf_token: form.get("csrf_token").to_string(),
+        email: form.get("email").chars().take(254).collect(),
+        errors: Errors::one("form", message),
+        captcha: captcha_gate::fields(services),
+        passkey_captcha: captcha_gate::fields(services),
+    };
+    render(status, &page, &context.request_id)
 }
 
 #[derive(Template)]
@@ -85,7 +106,7 @@ fn visitor_form<T: Template>(
     }
 }
 
-fn signed_in(location: &str, new: &NewSession) -> Response {
+pub(super) fn signed_in(location: &str, new: &NewSession) -> Response {
     with_cookie(see_other(location), &cookie_header(&new.cookie_value))
 }
 
@@ -287,6 +308,7 @@ pub async fn login_form(
             email: String::new(),
             errors: Errors::default(),
             captcha: captcha_gate::fields(&services),
+            passkey_captcha: captcha_gate::fields(&services),
         }
     })
 }
@@ -305,14 +327,7 @@ pub async fn login(
         device_cookie: cookie(&headers, auth::failures::DEVICE_COOKIE),
     };
     let again = |status: StatusCode, message: String| {
-        let page = LoginPage {
-            chrome: Chrome::visitor(),
-            csrf_token: form.get("csrf_token").to_string(),
-            email: form.get("email").chars().take(254).collect(),
-            errors: Errors::one("form", message),
-            captcha: captcha_gate::fields(&services),
-        };
-        Ok(render(status, &page, &context.request_id))
+        Ok(login_again(&services, &form, &context, status, message))
     };
     if services.hasher.is_saturated() {
         // Every hashing thread busy and the queue full: refused before any database work, so

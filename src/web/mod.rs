@@ -13,6 +13,7 @@ mod history;
 mod home;
 mod money_form;
 mod pages;
+mod passkeys;
 mod receipts;
 mod review;
 mod settings;
@@ -51,6 +52,20 @@ pub fn router(services: Services) -> Router {
             "/settings/password",
             axum::routing::post(settings::change_password),
         )
+        .route(
+            "/settings/passkeys/options",
+            axum::routing::post(passkeys::add_options),
+        )
+        .route("/settings/passkeys", axum::routing::post(passkeys::add))
+        .route(
+            "/settings/passkeys/remove",
+            axum::routing::post(passkeys::remove),
+        )
+        .route(
+            "/login/passkey/options",
+            axum::routing::post(passkeys::login_options),
+        )
+        .route("/login/passkey", axum::routing::post(passkeys::login))
         .route(
             "/settings/sessions/revoke-others",
             axum::routing::post(settings::revoke_others),

@@ -287,7 +287,7 @@ async fn accept<P: MoneyPage>(
             let command = Command {
                 movement,
                 own_username: Some(parsed.own_username),
-                otp: form.get("otp").to_string(),
+                factor: crate::payments::Factor::Code(form.get("otp").to_string()),
                 captcha,
             };
             let moved = payments
@@ -326,6 +326,12 @@ pub(super) fn refusal_of<P: MoneyPage>(error: PaymentError) -> FormRefusal {
             StatusCode::UNAUTHORIZED,
             "otp",
             "The code is not right, or was already used. Wait for the next code in your app."
+                .into(),
+        ),
+        Refusal::WrongPasskey => (
+            StatusCode::UNAUTHORIZED,
+            "passkey",
+            "The passkey signature was not accepted for this payment. Sign again, or use a code."
                 .into(),
         ),
         Refusal::NotOwnUsername => (

@@ -20,6 +20,10 @@ pub async fn static_file(Path(file): Path<String>) -> Response {
             include_bytes!("../../static/pow.js"),
             "text/javascript; charset=utf-8",
         ),
+        "passkey.js" => (
+            include_bytes!("../../static/passkey.js"),
+            "text/javascript; charset=utf-8",
+        ),
         "pow-worker.js" => (
             include_bytes!("../../static/pow-worker.js"),
             "text/javascript; charset=utf-8",

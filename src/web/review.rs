@@ -13,7 +13,7 @@ use super::form::CsrfForm;
 use super::money_form::{self, Fields, FormRefusal};
 use super::transfer::TransferPage;
 use super::view::{Chrome, Errors, render};
-use crate::payments::{Kind, PaymentError, Refusal, Review, Reviewed};
+use crate::payments::{Kind, PaymentError, Refusal, Review, Reviewed, SecondFactor};
 use crate::services::Services;
 
 #[derive(Template)]
@@ -25,6 +25,9 @@ pub struct ReviewPage {
     to_username: String,
     message: String,
     confirmation: String,
+    /// Request options for signing with a passkey (JSON), when the customer has one.
+    passkey_options: Option<String>,
+    nonce: String,
     errors: Errors,
 }
 
@@ -37,6 +40,14 @@ pub async fn page(
     status: StatusCode,
 ) -> Response {
     let reviewed = &review.reviewed;
+    let passkey_options = match services.payments.signing_options(reviewed).await {
+        Ok(options) => options.map(|o| o.to_string()),
+        Err(error) => {
+            // The code field still confirms: a passkey problem must not block the payment.
+            tracing::error!(%error, "could not build passkey signing options");
+            None
+        }
+    };
     let page = ReviewPage {
         chrome: Chrome::for_session(services, &user.session, true).await,
         amount: reviewed.amount.to_string(),
@@ -44,6 +55,8 @@ pub async fn page(
         to_username: reviewed.to.as_str().to_string(),
         message: reviewed.message.as_str().to_string(),
         confirmation: review.token.clone(),
+        passkey_options,
+        nonce: reviewed.nonce.clone(),
         errors,
     };
     render(status, &page, &user.context.request_id)
@@ -74,9 +87,11 @@ pub async fn confirm(
         }
     };
     let own_name = &user.session.username;
-    let outcome = payments
-        .confirm(&ctx, own_name, &reviewed, form.get("otp"))
-        .await;
+    let factor = match form.get("passkey_assertion").trim() {
+        "" => SecondFactor::Code(form.get("otp")),
+        assertion => SecondFactor::Passkey(assertion),
+    };
+    let outcome = payments.confirm(&ctx, own_name, &reviewed, factor).await;
     let error = match outcome {
         Ok(receipt) => return see_other(&money_form::receipt_path(receipt)),
         Err(error) => error,
@@ -89,7 +104,7 @@ pub async fn confirm(
         PaymentError::Refused(Refusal::TooManyFailures) => {
             super::extract::ended_by_failures(services, user).await
         }
-        PaymentError::Refused(Refusal::WrongCode) => {
+        PaymentError::Refused(Refusal::WrongCode | Refusal::WrongPasskey) => {
             let refused = money_form::refusal_of::<TransferPage>(error);
             page(services, user, &review, refused.errors, refused.status).await
         }

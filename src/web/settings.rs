@@ -29,6 +29,13 @@ pub struct EventLine {
     pub ip: String,
 }
 
+pub struct PasskeyLine {
+    pub id: i64,
+    pub name: String,
+    pub added: String,
+    pub last_used: String,
+}
+
 #[derive(Template)]
 #[template(path = "settings.html")]
 struct SettingsPage {
@@ -36,6 +43,8 @@ struct SettingsPage {
     sessions: Vec<SessionLine>,
     events: Vec<EventLine>,
     recovery_left: i64,
+    passkeys: Vec<PasskeyLine>,
+    passkeys_max: i64,
     errors: Errors,
 }
 
@@ -77,6 +86,10 @@ fn describe(event: &str, detail: &serde_json::Value) -> String {
         "access_denied" => "Access denied".into(),
         "password_changed" => "Password changed".into(),
         "password_change_refused" => "Password change refused".into(),
+        "passkey_added" => "Passkey added".into(),
+        "passkey_removed" => "Passkey removed".into(),
+        "passkey_refused" => "Passkey change refused".into(),
+        "passkey_clone_suspected" => "A passkey signature was refused (possible copy)".into(),
         other => other.replace('_', " "),
     }
 }
@@ -112,6 +125,21 @@ async fn page(
         })
         .collect();
     let recovery_left = crate::auth::session::recovery_codes_left(services, user_id).await?;
+    let passkeys = services
+        .passkeys
+        .list(user_id)
+        .await?
+        .into_iter()
+        .map(|p| PasskeyLine {
+            id: p.id,
+            name: p.name,
+            added: short_time(p.created_millis),
+            last_used: p
+                .last_used_millis
+                .map(short_time)
+                .unwrap_or_else(|| "never".into()),
+        })
+        .collect();
     let chrome = Chrome::for_session(services, &user.session, true).await;
     Ok(render(
         status,
@@ -120,10 +148,26 @@ async fn page(
             sessions,
             events,
             recovery_left,
+            passkeys,
+            passkeys_max: crate::auth::passkey::PASSKEYS_PER_USER_MAX,
             errors,
         },
         request_id,
     ))
+}
+
+/// The settings page with one refused form's message (`field`), answered with `status`.
+pub async fn refused(
+    services: &Services,
+    user: &CurrentUser,
+    status: StatusCode,
+    field: &'static str,
+    message: String,
+) -> axum::response::Response {
+    match page(services, user, status, Errors::one(field, message)).await {
+        Ok(response) => response,
+        Err(error) => axum::response::IntoResponse::into_response(error),
+    }
 }
 
 pub async fn show(State(services): State<Services>, user: CurrentUser) -> Result {

@@ -21,6 +21,8 @@ mod loadgen;
 mod lockout;
 mod master_rotation;
 mod multi;
+mod passkeys;
 mod process;
 mod review;
+mod soft_authenticator;
 mod tamper;

@@ -20,3 +20,4 @@ mod flows;
 mod helpers;
 mod history;
 mod money;
+mod passkeys;
