@@ -20,15 +20,26 @@
 //!   read from FILE when it exists and written to it at the end, so a later run with the same
 //!   customers (the other transport) logs in only those whose session ended and never replays a
 //!   code; a customer who still holds 100 kr makes no deposit.
+//! - `signed-transfer`: as `transfer`, but each customer first registers a software passkey (one
+//!   code; kept in `--state`) and every transfer is signed on the review page (ES256 over the
+//!   payment's digest) instead of confirmed with a code: no code budget, so it runs for the whole
+//!   `--duration`.
 //! - `login-flood`: `--flood` (200) concurrent wrong-password logins for `--duration` seconds while
 //!   `home` runs (16 connections) for another customer: home p99 during the flood.
 //! - `smoke`: log in one customer, a few home requests, one deposit, one transfer; exits non-zero
 //!   when anything is wrong.
 //!
+//! With `--server-pid PID` the server's CPU time (user + system, `/proc/PID/stat`) over the
+//! measured phase is reported per operation (`server_cpu_us_per_op`).
+//!
 //! The server must run with benchmark settings: `ALPHABANK_RATE_LIMIT_PER_MIN=1000000` and a low
 //! `ALPHABANK_POW_BITS` (8) so the client's proof of work does not dominate. Server-side captcha
 //! verification, its replay check, CSRF, sessions and code checks all still run.
 #![forbid(unsafe_code)]
+
+#[allow(dead_code)]
+// clones and counters set by hand are for the passkey API tests, which include it
+mod authenticator;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,10 +53,13 @@ use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use serde::Deserialize;
 
+use authenticator::{SavedAuthenticator, SoftAuthenticator};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Scenario {
     Home,
     Transfer,
+    SignedTransfer,
     LoginFlood,
     Smoke,
 }
@@ -55,6 +69,7 @@ impl Scenario {
         match self {
             Scenario::Home => "home",
             Scenario::Transfer => "transfer",
+            Scenario::SignedTransfer => "signed-transfer",
             Scenario::LoginFlood => "login-flood",
             Scenario::Smoke => "smoke",
         }
@@ -109,6 +124,13 @@ struct Args {
     /// sessions are alive.
     #[arg(long)]
     state: Option<PathBuf>,
+    /// The server's process id: its CPU time (user + system, from /proc/PID/stat) around the
+    /// measured phase is reported per operation.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Clock ticks per second of /proc/PID/stat (`getconf CLK_TCK`).
+    #[arg(long, default_value_t = 100)]
+    clk_tck: u64,
 }
 
 /// One customer's entry in `--state`.
@@ -117,6 +139,9 @@ struct SavedCustomer {
     last_step: i64,
     /// `name=value` pairs of the session cookies, as a `Cookie` header sends them.
     cookies: String,
+    /// signed-transfer: the customer's software passkey.
+    #[serde(default)]
+    passkey: Option<SavedAuthenticator>,
 }
 
 #[derive(Deserialize)]
@@ -141,6 +166,8 @@ struct Customer {
     /// forms in flight at once could reach the server out of the order of their codes' steps,
     /// and the later step spent first makes the earlier code a refused replay (401).
     sending: AtomicBool,
+    /// signed-transfer: the passkey this customer registered.
+    passkey: std::sync::OnceLock<SoftAuthenticator>,
 }
 
 /// How long an idle keep-alive connection is reused: well under the server's, which closes a
@@ -425,6 +452,7 @@ async fn money_form(
     c: &Customer,
     path: &str,
     fields: &[(&'static str, String)],
+    signer: Option<&SoftAuthenticator>,
 ) -> Result<Money> {
     let (status, page) = get_text(&c.client, &ctx.url(path)).await?;
     if status != 200 {
@@ -433,8 +461,12 @@ async fn money_form(
     let csrf = input_value(&page, "csrf_token").ok_or_else(|| anyhow!("{path}: no csrf"))?;
     let key =
         input_value(&page, "idempotency_key").ok_or_else(|| anyhow!("{path}: no idempotency"))?;
-    let Some(otp) = c.next_code() else {
-        return Ok(Money::NoCode);
+    let otp = match signer {
+        Some(_) => String::new(),
+        None => match c.next_code() {
+            Some(otp) => otp,
+            None => return Ok(Money::NoCode),
+        },
     };
     let reviewed = path == "/transfer";
     let mut form = vec![("csrf_token", csrf.clone()), ("idempotency_key", key)];
@@ -449,16 +481,81 @@ async fn money_form(
         let review = response.text().await.unwrap_or_default();
         let confirmation = input_value(&review, "confirmation")
             .ok_or_else(|| anyhow!("{path}: a 200 without a confirmation"))?;
+        let second_factor = match signer {
+            Some(key) => ("passkey_assertion", key.assert(&signing_options(&review)?)),
+            None => ("otp", otp),
+        };
         let confirm = [
             ("csrf_token", csrf),
             ("confirmation", confirmation),
-            ("otp", otp),
+            second_factor,
         ];
         let url = ctx.url("/transfer/confirm");
         let response = c.client.post(url).form(&confirm).send().await?;
         return answer(response).await;
     }
     answer(response).await
+}
+
+/// The request options of a review page's `#passkey-sign` (its `data-options`, unescaped).
+fn signing_options(review: &str) -> Result<serde_json::Value> {
+    let at = review
+        .find("id=\"passkey-sign\"")
+        .ok_or_else(|| anyhow!("the review page offers no passkey signature"))?;
+    let tag = &review[at..at + review[at..].find('>').unwrap_or(0)];
+    let start = tag
+        .find("data-options=\"")
+        .map(|i| i + "data-options=\"".len())
+        .ok_or_else(|| anyhow!("#passkey-sign has no data-options"))?;
+    let raw = &tag[start..start + tag[start..].find('"').unwrap_or(0)];
+    let json = raw
+        .replace("&#34;", "\"")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&#38;", "&")
+        .replace("&amp;", "&");
+    serde_json::from_str(&json).context("data-options is not JSON")
+}
+
+/// Registers a software passkey for a logged-in customer (one code, asked with the options).
+async fn add_passkey(ctx: &Ctx, c: &Customer) -> Result<()> {
+    let (status, page) = get_text(&c.client, &ctx.url("/settings")).await?;
+    if status != 200 {
+        bail!("GET /settings for {}: {status}", c.username);
+    }
+    let csrf = input_value(&page, "csrf_token").ok_or_else(|| anyhow!("/settings: no csrf"))?;
+    let otp = loop {
+        match c.next_code() {
+            Some(otp) => break otp,
+            None => tokio::time::sleep(Duration::from_secs(c.wait_for_code().max(1))).await,
+        }
+    };
+    let url = ctx.url("/settings/passkeys/options");
+    let form = [("csrf_token", csrf.clone()), ("otp", otp)];
+    let response = c.client.post(url).form(&form).send().await?;
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    if status != 200 {
+        bail!("passkey options for {}: {status} {text}", c.username);
+    }
+    let options: serde_json::Value = serde_json::from_str(&text).context("creation options")?;
+    let key = SoftAuthenticator::new(&ctx.base);
+    let form = [
+        ("csrf_token", csrf),
+        ("name", "loadgen".to_string()),
+        ("credential", key.register(&options)),
+    ];
+    let response = c
+        .client
+        .post(ctx.url("/settings/passkeys"))
+        .form(&form)
+        .send()
+        .await?;
+    if response.status().as_u16() != 303 {
+        bail!("adding a passkey for {}: {}", c.username, response.status());
+    }
+    let _ = c.passkey.set(key);
+    Ok(())
 }
 
 /// A money POST's answer: its status, and what the page says when it is not a redirect.
@@ -482,11 +579,21 @@ async fn deposit(ctx: &Ctx, c: &Customer, kroner: &str) -> Result<Money> {
             ("username", c.username.clone()),
             ("card_name", "Loadgen Card".to_string()),
         ],
+        None,
     )
     .await
 }
 
-async fn transfer(ctx: &Ctx, c: &Customer, to: &str) -> Result<Money> {
+async fn transfer(ctx: &Ctx, c: &Customer, to: &str, signed: bool) -> Result<Money> {
+    let signer = if signed {
+        Some(
+            c.passkey
+                .get()
+                .ok_or_else(|| anyhow!("{} has no passkey", c.username))?,
+        )
+    } else {
+        None
+    };
     money_form(
         ctx,
         c,
@@ -497,6 +604,7 @@ async fn transfer(ctx: &Ctx, c: &Customer, to: &str) -> Result<Money> {
             ("to_username", to.to_string()),
             ("message", "loadgen".to_string()),
         ],
+        signer,
     )
     .await
 }
@@ -595,6 +703,7 @@ fn load_customers(args: &Args, ctx: &Ctx) -> Result<Vec<Arc<Customer>>> {
                 jar,
                 last_step: AtomicI64::new(i64::MIN / 2),
                 sending: AtomicBool::new(false),
+                passkey: std::sync::OnceLock::new(),
             }))
         })
         .collect()
@@ -617,6 +726,9 @@ fn restore_state(path: &std::path::Path, ctx: &Ctx, customers: &[Arc<Customer>])
             continue;
         };
         c.last_step.fetch_max(entry.last_step, Ordering::SeqCst);
+        if let Some(key) = entry.passkey.as_ref().and_then(SoftAuthenticator::restore) {
+            let _ = c.passkey.set(key);
+        }
         let mut any = false;
         for pair in entry.cookies.split("; ").filter(|p| p.contains('=')) {
             // The server's session cookie is `__Host-`: Secure, Path=/, no Domain.
@@ -642,7 +754,13 @@ fn save_state(path: &std::path::Path, ctx: &Ctx, customers: &[Arc<Customer>]) ->
                 .and_then(|v| v.to_str().ok().map(str::to_string))
                 .unwrap_or_default();
             let last_step = c.last_step.load(Ordering::SeqCst);
-            (c.username.as_str(), SavedCustomer { last_step, cookies })
+            let passkey = c.passkey.get().map(SoftAuthenticator::saved);
+            let saved = SavedCustomer {
+                last_step,
+                cookies,
+                passkey,
+            };
+            (c.username.as_str(), saved)
         })
         .collect();
     let text = serde_json::to_string(&saved).context("state JSON")?;
@@ -700,22 +818,26 @@ async fn scenario_home(args: &Args, ctx: Arc<Ctx>, customers: &[Arc<Customer>]) 
     let customer = find(customers, &args.home_user)?.clone();
     login(&ctx, &customer).await?;
     let concurrency = args.concurrency.unwrap_or(16);
+    let cpu_before = server_cpu_micros(args);
     let (h, ok, bad, elapsed) =
         home_load(ctx, customer, concurrency, stop_after(args.duration)).await?;
+    let cpu_us_per_op = cpu_per_op(cpu_before, server_cpu_micros(args), ok);
     let rps = ok as f64 / elapsed.as_secs_f64();
     Ok(Report {
         json: serde_json::json!({
             "home_user": args.home_user, "concurrency": concurrency,
             "requests": ok, "errors": bad, "seconds": elapsed.as_secs_f64(),
-            "rps": rps, "p50_ms": ms(&h, 0.5), "p99_ms": ms(&h, 0.99), "max_ms": h.max() as f64 / 1000.0,
+            "rps": rps, "p50_ms": ms(&h, 0.5), "p99_ms": ms(&h, 0.99), "p999_ms": ms(&h, 0.999),
+            "max_ms": h.max() as f64 / 1000.0, "server_cpu_us_per_op": cpu_us_per_op,
         }),
         text: format!(
-            "home ({}, {concurrency} connections): {ok} requests, {bad} errors in {:.1} s: {rps:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            "home ({}, {concurrency} connections): {ok} requests, {bad} errors in {:.1} s: {rps:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, server CPU {} µs/request",
             args.home_user,
             elapsed.as_secs_f64(),
             ms(&h, 0.5),
             ms(&h, 0.99),
-            h.max() as f64 / 1000.0
+            h.max() as f64 / 1000.0,
+            cpu_us_per_op.map_or("?".to_string(), |us| format!("{us:.0}")),
         ),
         ok: bad == 0 && ok > 0,
     })
@@ -725,6 +847,7 @@ async fn scenario_transfer(
     args: &Args,
     ctx: Arc<Ctx>,
     customers: &[Arc<Customer>],
+    signed: bool,
 ) -> Result<Report> {
     let n = if args.transfer_customers == 0 {
         customers.len()
@@ -804,10 +927,17 @@ async fn scenario_transfer(
         }
     }
     let deposit_secs = deposit_started.elapsed().as_secs_f64();
+    let passkeys_started = Instant::now();
+    let passkeys_added = if signed {
+        add_passkeys(&ctx, &list, args.concurrency.unwrap_or(64)).await?
+    } else {
+        0
+    };
+    let passkey_secs = passkeys_started.elapsed().as_secs_f64();
 
     // When every customer's codes are used up (a run that follows another closely), the clock
     // has to move on first; that wait is not counted.
-    if !list.iter().any(|c| c.has_code()) {
+    if !signed && !list.iter().any(|c| c.has_code()) {
         wait_for_next_step().await;
     }
     // Transfers: round-robin over the customers; one whose codes are used up for now is skipped.
@@ -819,6 +949,7 @@ async fn scenario_transfer(
     let skipped = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.duration);
     let started = Instant::now();
+    let cpu_before = server_cpu_micros(args);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
         let (ctx, shared, names, cursor, skipped) = (
@@ -842,7 +973,7 @@ async fn scenario_transfer(
                 let (Some(c), Some(to)) = (shared.get(i), names.get((i + offset) % n)) else {
                     continue;
                 };
-                if !c.has_code() {
+                if !signed && !c.has_code() {
                     if skipped.fetch_add(1, Ordering::SeqCst) + 1 >= n {
                         // Every customer's codes are used up until the next 30-s step.
                         break;
@@ -855,7 +986,7 @@ async fn scenario_transfer(
                     continue;
                 }
                 let t0 = Instant::now();
-                let sent = transfer(&ctx, c, to).await;
+                let sent = transfer(&ctx, c, to, signed).await;
                 c.sending.store(false, Ordering::SeqCst);
                 match sent? {
                     Money::Status(303, _) => {
@@ -890,6 +1021,7 @@ async fn scenario_transfer(
         last_end = last_end.max(end);
     }
     let secs = last_end.duration_since(started).as_secs_f64();
+    let cpu_us_per_op = cpu_per_op(cpu_before, server_cpu_micros(args), ok);
     let tps = ok as f64 / secs.max(1e-9);
     if let Some(path) = &args.state {
         save_state(path, &ctx, &shared)?;
@@ -901,14 +1033,22 @@ async fn scenario_transfer(
             "deposits_303": deposits.load(Ordering::Relaxed), "deposit_seconds": deposit_secs,
             "transfers_303": ok, "refused": refused, "refusals": refusals, "seconds": secs,
             "transfers_per_s": tps, "p50_ms": ms(&total, 0.5), "p99_ms": ms(&total, 0.99),
-            "max_ms": total.max() as f64 / 1000.0,
+            "p999_ms": ms(&total, 0.999), "max_ms": total.max() as f64 / 1000.0,
+            "signed": signed, "passkeys_added": passkeys_added, "passkey_seconds": passkey_secs,
+            "server_cpu_us_per_op": cpu_us_per_op,
         }),
         text: format!(
-            "transfer ({n} customers, {concurrency} in flight): {logins} logins ({} sessions reused) {login_secs:.1} s, {} deposits in {deposit_secs:.1} s; {ok} transfers (303), {refused} refused in {secs:.2} s: {tps:.0} transfers/s, p50 {:.2} ms, p99 {:.2} ms (form GET + POST){}",
+            "{} ({n} customers, {concurrency} in flight): {logins} logins ({} sessions reused) {login_secs:.1} s, {} deposits in {deposit_secs:.1} s, {passkeys_added} passkeys in {passkey_secs:.1} s; {ok} transfers (303), {refused} refused in {secs:.2} s: {tps:.0} transfers/s, p50 {:.2} ms, p99 {:.2} ms (form GET + review + confirm), server CPU {} µs/transfer{}",
+            if signed {
+                "signed-transfer"
+            } else {
+                "transfer"
+            },
             n - logins,
             deposits.load(Ordering::Relaxed),
             ms(&total, 0.5),
             ms(&total, 0.99),
+            cpu_us_per_op.map_or("?".to_string(), |us| format!("{us:.0}")),
             if refusals.is_empty() {
                 String::new()
             } else {
@@ -917,6 +1057,50 @@ async fn scenario_transfer(
         ),
         ok: refused == 0 && ok > 0,
     })
+}
+
+/// Registers a passkey for every customer of `list` without one, `parallel` at a time; returns
+/// how many were added.
+async fn add_passkeys(ctx: &Arc<Ctx>, list: &[Arc<Customer>], parallel: usize) -> Result<u64> {
+    let todo: Arc<Vec<Arc<Customer>>> = Arc::new(
+        list.iter()
+            .filter(|c| c.passkey.get().is_none())
+            .cloned()
+            .collect(),
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..parallel.max(1) {
+        let (ctx, next, todo) = (ctx.clone(), next.clone(), todo.clone());
+        tasks.spawn(async move {
+            while let Some(c) = todo.get(next.fetch_add(1, Ordering::SeqCst)) {
+                add_passkey(&ctx, c).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined??;
+    }
+    Ok(todo.len() as u64)
+}
+
+/// The server's CPU time so far (user + system, µs), from `/proc/PID/stat`.
+fn server_cpu_micros(args: &Args) -> Option<u64> {
+    let pid = args.server_pid?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (in parentheses, which may hold spaces): state is the
+    // first, utime the 12th and stime the 13th (fields 14 and 15 of proc(5)).
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks * 1_000_000 / args.clk_tck.max(1))
+}
+
+/// µs of server CPU per operation between two readings.
+fn cpu_per_op(before: Option<u64>, after: Option<u64>, ops: u64) -> Option<f64> {
+    let (before, after) = (before?, after?);
+    (ops > 0).then(|| after.saturating_sub(before) as f64 / ops as f64)
 }
 
 async fn scenario_login_flood(
@@ -1043,10 +1227,10 @@ async fn scenario_smoke(ctx: Arc<Ctx>, customers: &[Arc<Customer>]) -> Result<Re
         Money::NoCode => bail!("no TOTP code for the deposit"),
     }
     let t0 = Instant::now();
-    let mut transferred = transfer(&ctx, a, &b.username).await?;
+    let mut transferred = transfer(&ctx, a, &b.username, false).await?;
     if matches!(transferred, Money::NoCode) {
         wait_for_next_step().await;
-        transferred = transfer(&ctx, a, &b.username).await?;
+        transferred = transfer(&ctx, a, &b.username, false).await?;
     }
     match transferred {
         Money::Status(303, _) => {}
@@ -1128,7 +1312,8 @@ async fn run(args: &Args) -> Result<Report> {
     let customers = load_customers(args, &ctx)?;
     match args.scenario {
         Scenario::Home => scenario_home(args, ctx, &customers).await,
-        Scenario::Transfer => scenario_transfer(args, ctx, &customers).await,
+        Scenario::Transfer => scenario_transfer(args, ctx, &customers, false).await,
+        Scenario::SignedTransfer => scenario_transfer(args, ctx, &customers, true).await,
         Scenario::LoginFlood => scenario_login_flood(args, ctx, &customers).await,
         Scenario::Smoke => {
             let smoke = scenario_smoke(ctx, &customers);

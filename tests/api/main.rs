@@ -24,5 +24,7 @@ mod multi;
 mod passkeys;
 mod process;
 mod review;
+#[allow(dead_code)] // saving and restoring is for the load generator
+#[path = "../../loadgen/src/authenticator.rs"]
 mod soft_authenticator;
 mod tamper;

@@ -524,12 +524,12 @@ async fn a_foreign_origin_or_rp_id_is_refused_and_nothing_is_stored() {
     let key = add_passkey(&app, &kari, "phone").await;
     let mut evil = key.cloned();
     evil.origin = "https://evil.example".into();
-    evil.counter.set(100);
+    evil.set_counter(100);
     let (_, r) = passkey_login(&app, &evil).await;
     assert_eq!(r.status(), 401);
     let mut evil = key.cloned();
     evil.rp_id = "evil.example".into();
-    evil.counter.set(200);
+    evil.set_counter(200);
     let (_, r) = passkey_login(&app, &evil).await;
     assert_eq!(r.status(), 401);
     let (_, ok) = passkey_login(&app, &key).await;

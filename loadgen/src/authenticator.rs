@@ -1,10 +1,11 @@
-//! A software WebAuthn authenticator for the passkey tests: an ES256 key (the `p256` crate),
-//! "none" attestation, user presence and verification flags set, a signature counter, and the
-//! Level 3 `toJSON()` forms a browser posts. Written from the WebAuthn specification (§6.1
-//! authenticator data, §6.5 attestation object, COSE key per RFC 9053), not from the server's
-//! code.
+//! A software WebAuthn authenticator (the load generator's signed transfers, and the passkey API
+//! tests, which include this file): an ES256 key (the `p256` crate), "none" attestation, user
+//! presence and verification flags set, a signature counter, and the Level 3 `toJSON()` forms a
+//! browser posts. Written from the WebAuthn specification (§6.1 authenticator data, §6.5
+//! attestation object, COSE key per RFC 9053), not from the server's code.
 
-use std::cell::Cell;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -16,21 +17,32 @@ use sha2::{Digest, Sha256};
 pub struct SoftAuthenticator {
     key: SigningKey,
     pub credential_id: Vec<u8>,
-    pub counter: Cell<u32>,
+    pub counter: AtomicU32,
     /// The origin it believes it is talking to (what a browser puts in `clientDataJSON`).
     pub origin: String,
     /// The RP id it signs for (its hash begins the authenticator data).
     pub rp_id: String,
     /// The user handle it stored at registration (returned at log-in).
-    pub user_handle: std::cell::RefCell<Vec<u8>>,
+    pub user_handle: Mutex<Vec<u8>>,
+}
+
+/// What [`SoftAuthenticator::saved`] keeps (test data: the private key in hex).
+#[derive(serde::Serialize, serde::Deserialize, Clone)]
+pub struct SavedAuthenticator {
+    pub key_hex: String,
+    pub credential_id: String,
+    pub counter: u32,
+    pub user_handle: String,
+    pub origin: String,
 }
 
 pub fn b64(bytes: &[u8]) -> String {
     B64.encode(bytes)
 }
 
+/// Base64url (padding tolerated) decoded; empty when it does not decode.
 pub fn unb64(text: &str) -> Vec<u8> {
-    B64.decode(text.trim_end_matches('=')).expect("base64url")
+    B64.decode(text.trim_end_matches('=')).unwrap_or_default()
 }
 
 /// CBOR: a major type with its length argument.
@@ -63,18 +75,57 @@ impl SoftAuthenticator {
             }
         };
         let rp_id = url::Url::parse(origin)
-            .unwrap()
-            .host_str()
-            .unwrap()
-            .to_string();
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string))
+            .unwrap_or_default();
         SoftAuthenticator {
             key,
             credential_id: alphabank::crypto::random_bytes::<16>().to_vec(),
-            counter: Cell::new(0),
+            counter: AtomicU32::new(0),
             origin: origin.to_string(),
             rp_id,
             user_handle: Default::default(),
         }
+    }
+
+    /// The authenticator as a value to store (the load generator's `--state`).
+    pub fn saved(&self) -> SavedAuthenticator {
+        SavedAuthenticator {
+            key_hex: hex::encode(self.key.to_bytes()),
+            credential_id: b64(&self.credential_id),
+            counter: self.counter(),
+            user_handle: b64(&self.user_handle()),
+            origin: self.origin.clone(),
+        }
+    }
+
+    /// An authenticator from [`SoftAuthenticator::saved`]; `None` if it does not parse.
+    pub fn restore(saved: &SavedAuthenticator) -> Option<Self> {
+        let key = SigningKey::from_slice(&hex::decode(&saved.key_hex).ok()?).ok()?;
+        let rp_id = url::Url::parse(&saved.origin).ok()?.host_str()?.to_string();
+        Some(SoftAuthenticator {
+            key,
+            credential_id: B64.decode(&saved.credential_id).ok()?,
+            counter: AtomicU32::new(saved.counter),
+            origin: saved.origin.clone(),
+            rp_id,
+            user_handle: Mutex::new(B64.decode(&saved.user_handle).ok()?),
+        })
+    }
+
+    pub fn counter(&self) -> u32 {
+        self.counter.load(Ordering::SeqCst)
+    }
+
+    pub fn set_counter(&self, counter: u32) {
+        self.counter.store(counter, Ordering::SeqCst);
+    }
+
+    fn user_handle(&self) -> Vec<u8> {
+        self.user_handle
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_default()
     }
 
     /// A copy of this authenticator (same key and credential): a clone.
@@ -82,10 +133,10 @@ impl SoftAuthenticator {
         SoftAuthenticator {
             key: self.key.clone(),
             credential_id: self.credential_id.clone(),
-            counter: Cell::new(self.counter.get()),
+            counter: AtomicU32::new(self.counter()),
             origin: self.origin.clone(),
             rp_id: self.rp_id.clone(),
-            user_handle: self.user_handle.clone(),
+            user_handle: Mutex::new(self.user_handle()),
         }
     }
 
@@ -96,16 +147,16 @@ impl SoftAuthenticator {
         key.extend([0x03, 0x26]); // alg: ES256 (-7)
         key.extend([0x20, 0x01]); // crv: P-256
         key.push(0x21); // x
-        key.extend(bytes(point.x().unwrap()));
+        key.extend(bytes(point.x().map(|x| x.as_slice()).unwrap_or_default()));
         key.push(0x22); // y
-        key.extend(bytes(point.y().unwrap()));
+        key.extend(bytes(point.y().map(|y| y.as_slice()).unwrap_or_default()));
         key
     }
 
     fn auth_data(&self, flags: u8, attested: bool) -> Vec<u8> {
         let mut data = Sha256::digest(self.rp_id.as_bytes()).to_vec();
         data.push(flags);
-        data.extend(self.counter.get().to_be_bytes());
+        data.extend(self.counter().to_be_bytes());
         if attested {
             data.extend([0u8; 16]); // AAGUID
             data.extend((self.credential_id.len() as u16).to_be_bytes());
@@ -128,8 +179,19 @@ impl SoftAuthenticator {
 
     /// A `RegistrationResponseJSON` for creation options (`PublicKeyCredentialCreationOptionsJSON`).
     pub fn register(&self, options: &Value) -> String {
-        let challenge = options["challenge"].as_str().expect("challenge");
-        *self.user_handle.borrow_mut() = unb64(options["user"]["id"].as_str().expect("user id"));
+        let handle = options
+            .get("user")
+            .and_then(|u| u.get("id"))
+            .and_then(Value::as_str)
+            .map(unb64)
+            .unwrap_or_default();
+        if let Ok(mut stored) = self.user_handle.lock() {
+            *stored = handle;
+        }
+        let challenge = options
+            .get("challenge")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let client_data = self.client_data("webauthn.create", challenge);
         // UP | UV | AT
         let auth_data = self.auth_data(0x45, true);
@@ -157,12 +219,13 @@ impl SoftAuthenticator {
 
     /// An `AuthenticationResponseJSON` over request options' challenge (the counter moves on).
     pub fn assert(&self, options: &Value) -> String {
-        self.assert_challenge(options["challenge"].as_str().expect("challenge"))
+        let challenge = options.get("challenge").and_then(Value::as_str);
+        self.assert_challenge(challenge.unwrap_or_default())
     }
 
     /// An `AuthenticationResponseJSON` over `challenge` (base64url).
     pub fn assert_challenge(&self, challenge: &str) -> String {
-        self.counter.set(self.counter.get() + 1);
+        self.counter.fetch_add(1, Ordering::SeqCst);
         let client_data = self.client_data("webauthn.get", challenge);
         // UP | UV
         let auth_data = self.auth_data(0x05, false);
@@ -176,7 +239,7 @@ impl SoftAuthenticator {
                 "clientDataJSON": b64(&client_data),
                 "authenticatorData": b64(&auth_data),
                 "signature": b64(signature.to_der().as_bytes()),
-                "userHandle": b64(&self.user_handle.borrow()),
+                "userHandle": b64(&self.user_handle()),
             },
             "authenticatorAttachment": "platform",
             "clientExtensionResults": {},
