@@ -46,6 +46,13 @@ pub struct Asserted {
     pub user_id: UserId,
 }
 
+/// A payment's passkey signature, verified: the movement's transaction raises the counter.
+#[derive(Debug, Clone)]
+pub struct VerifiedSignature {
+    pub signature: Signature,
+    pub counter: i64,
+}
+
 /// The passkey service (cheap to clone).
 #[derive(Clone, Debug)]
 pub struct Passkeys {
@@ -326,14 +333,15 @@ impl Passkeys {
     }
 
     /// Checks that `json` is the signature of one of `user`'s passkeys over `digest` (a
-    /// payment's): the signature of the movement's audit event.
+    /// payment's): the signature of the movement's audit event, and the counter its
+    /// transaction must raise.
     pub async fn verify_payment(
         &self,
         ctx: &AuditContext,
         user: UserId,
         digest: &[u8; 32],
         json: &str,
-    ) -> Result<Result<Signature, CeremonyError>, AuthError> {
+    ) -> Result<Result<VerifiedSignature, CeremonyError>, AuthError> {
         let response = match webauthn::parse_assertion(json) {
             Ok(response) => response,
             Err(error) => return Ok(Err(error)),
@@ -342,23 +350,21 @@ impl Passkeys {
         let Some(row) = found.filter(|row| row.user_id == user) else {
             return Ok(Err(CeremonyError::Refused));
         };
-        let credentials: Vec<Credential> = self
-            .stored(user)
-            .await?
-            .into_iter()
-            .map(|(_, c)| c)
-            .collect();
+        // The state allows the one credential that signed (set when it is checked).
         let (_, state) = self
             .rp
-            .request(credentials, digest)
+            .request(Vec::new(), digest)
             .map_err(|e| AuthError::Internal(e.to_string()))?;
         Ok(self
-            .assert(ctx, state, &row, &response)
+            .check(ctx, state, &row, &response)
             .await?
-            .map(|asserted| Signature {
-                digest: hex::encode(digest),
-                passkey_id: asserted.passkey_id,
-                credential: asserted.credential,
+            .map(|(asserted, counter)| VerifiedSignature {
+                signature: Signature {
+                    digest: hex::encode(digest),
+                    passkey_id: asserted.passkey_id,
+                    credential: asserted.credential,
+                },
+                counter: i64::from(counter),
             }))
     }
 
@@ -379,6 +385,27 @@ impl Passkeys {
         row: &PasskeyRow,
         response: &PublicKeyCredential,
     ) -> Result<Result<Asserted, CeremonyError>, AuthError> {
+        let (asserted, counter) = match self.check(ctx, state, row, response).await? {
+            Ok(checked) => checked,
+            Err(error) => return Ok(Err(error)),
+        };
+        let now = crate::now_millis();
+        if !passkey_store::record_use(&self.db, row.id, i64::from(counter), now).await? {
+            self.audit_clone(ctx, row).await;
+            return Ok(Err(CeremonyError::Refused));
+        }
+        Ok(Ok(asserted))
+    }
+
+    /// Verifies an assertion for the passkey `row` (signature, flags, a counter ahead of the
+    /// stored one): who signed, and the counter to record.
+    async fn check(
+        &self,
+        ctx: &AuditContext,
+        state: AssertionState,
+        row: &PasskeyRow,
+        response: &PublicKeyCredential,
+    ) -> Result<Result<(Asserted, u32), CeremonyError>, AuthError> {
         let handle_ok = response.response.user_handle.as_ref().is_none_or(|h| {
             crate::crypto::constant_time_eq(h.as_ref(), &self.user_handle(row.user_id))
         });
@@ -397,17 +424,12 @@ impl Passkeys {
                 return Ok(Err(error));
             }
         };
-        if !passkey_store::record_use(&self.db, row.id, i64::from(counter), crate::now_millis())
-            .await?
-        {
-            self.audit_clone(ctx, row).await;
-            return Ok(Err(CeremonyError::Refused));
-        }
-        Ok(Ok(Asserted {
+        let asserted = Asserted {
             passkey_id: row.id,
             credential: b64(response.raw_id.as_ref()),
             user_id: row.user_id,
-        }))
+        };
+        Ok(Ok((asserted, counter)))
     }
 
     async fn audit_clone(&self, ctx: &AuditContext, row: &PasskeyRow) {

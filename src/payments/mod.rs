@@ -16,8 +16,8 @@ mod review;
 pub use confirmation::{CONFIRMATION_TTL_MILLIS, ConfirmationError, Reviewed};
 pub use review::{Review, SecondFactor, TransferOrder};
 
-use crate::audit::{AuditContext, AuditEvent, AuditLog, Signature};
-use crate::auth::passkey::Passkeys;
+use crate::audit::{AuditContext, AuditEvent, AuditLog};
+use crate::auth::passkey::{Passkeys, VerifiedSignature};
 use crate::auth::totp_step_with;
 use crate::captcha::{CaptchaError, PendingSpend};
 use crate::crypto::Keyring;
@@ -70,7 +70,7 @@ pub struct Command {
 #[derive(Debug, Clone)]
 pub enum Factor {
     Code(String),
-    Signed(Signature),
+    Signed(VerifiedSignature),
 }
 
 /// The movement a customer can see: its journal entry.
@@ -276,7 +276,9 @@ impl Payments {
     ) -> Result<Receipt, PaymentError> {
         let (step, signed) = self.second_factor(customer, &ready, command.factor)?;
         let kind = command.movement.kind();
-        let signed_ok = signed.is_some();
+        // The passkey and counter the movement's transaction raises.
+        let counter = signed.as_ref().map(|v| (v.signature.passkey_id, v.counter));
+        let signed = signed.map(|v| v.signature);
         let what = match command.movement {
             Movement::Transfer {
                 amount, message, ..
@@ -295,7 +297,7 @@ impl Payments {
             customer,
             captcha: command.captcha,
             step,
-            signed: signed_ok,
+            signed: counter,
             own_username_ok: command
                 .own_username
                 .is_none_or(|typed| typed.lookup_key() == own_username.to_ascii_lowercase()),
@@ -333,7 +335,7 @@ impl Payments {
         customer: UserId,
         ready: &Ready,
         factor: Factor,
-    ) -> Result<(Option<i64>, Option<Signature>), PaymentError> {
+    ) -> Result<(Option<i64>, Option<VerifiedSignature>), PaymentError> {
         Ok(match factor {
             Factor::Code(otp) => {
                 let step = totp_step_with(
@@ -368,8 +370,9 @@ struct MovementWork {
     customer: UserId,
     captcha: Option<PendingSpend>,
     step: Option<i64>,
-    /// The payment was signed with a passkey (verified): no code to spend.
-    signed: bool,
+    /// The payment was signed with this passkey (verified) and counter: no code to spend; the
+    /// counter is raised in the movement's transaction.
+    signed: Option<(i64, i64)>,
     own_username_ok: bool,
     what: Move,
     key: IdempotencyKey,
@@ -382,7 +385,12 @@ impl TxWork for MovementWork {
     async fn run(&mut self, tx: &mut Tx<'_>) -> Verdict {
         let (verdict, outcome) = self.decide(tx).await;
         // A wrong code is counted in the transaction that commits its refusal.
-        let wrong_code = matches!(outcome, Err(PaymentError::Refused(Refusal::WrongCode)));
+        let wrong_code = matches!(
+            outcome,
+            Err(PaymentError::Refused(
+                Refusal::WrongCode | Refusal::WrongPasskey
+            ))
+        );
         self.failures = None;
         if wrong_code && verdict == Verdict::Keep {
             match failure_store::count_in(tx, self.customer).await {
@@ -452,9 +460,14 @@ impl MovementWork {
     /// a verified passkey signature counts unless the failure count is full.
     async fn spend(&self, tx: &mut Tx<'_>) -> Result<bool, CaptchaError> {
         let captcha = &self.payments.captcha;
-        if self.signed {
+        if let Some((passkey, counter)) = self.signed {
             if let Some(pending) = self.captcha.clone() {
                 captcha.spend_in(tx, pending).await?;
+            }
+            // Two signatures with the same counter (a clone, a replay) cannot both pass.
+            let now = crate::now_millis();
+            if !crate::store::passkeys::record_use_in(tx, passkey, counter, now).await? {
+                return Ok(false);
             }
             let counts = crate::store::users::passkey_signature_counts_in(tx, self.customer);
             return Ok(counts.await?);
@@ -486,7 +499,9 @@ impl MovementWork {
     /// The refusal owed before any money moves: a wrong or spent code, or a username that is not
     /// the customer's own.
     fn refusal_before_moving(&self, code_ok: bool) -> Option<Refusal> {
-        if !code_ok {
+        if !code_ok && self.signed.is_some() {
+            Some(Refusal::WrongPasskey)
+        } else if !code_ok {
             Some(Refusal::WrongCode)
         } else if !self.own_username_ok {
             Some(Refusal::NotOwnUsername)

@@ -9,6 +9,7 @@ use super::{
     Command, Factor, Kind, Movement, PaymentError, Payments, Prepared, Ready, Receipt, Refusal,
 };
 use crate::audit::AuditContext;
+use crate::auth::passkey::VerifiedSignature;
 use crate::captcha::PendingSpend;
 use crate::domain::{Amount, Message, UserId, Username};
 use crate::store::failures::{self as failure_store, Side};
@@ -76,7 +77,7 @@ impl Payments {
         ctx: &AuditContext,
         reviewed: &Reviewed,
         assertion: &str,
-    ) -> Result<crate::audit::Signature, PaymentError> {
+    ) -> Result<VerifiedSignature, PaymentError> {
         let customer = reviewed.customer;
         let digest = reviewed.digest();
         let verified = self

@@ -5,7 +5,8 @@
 use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
 
-use super::{Db, StoreError};
+use super::group::Param;
+use super::{Db, StoreError, Tx};
 use crate::domain::UserId;
 
 /// A stored passkey, its sealed parts unopened.
@@ -133,17 +134,44 @@ pub async fn remove(db: &Db, user: UserId, id: i64) -> Result<bool, StoreError> 
 /// signatures with the same counter cannot both pass (a cloned authenticator).
 pub async fn record_use(db: &Db, id: i64, counter: i64, now: i64) -> Result<bool, StoreError> {
     let mut tx = db.begin_write().await?;
-    let n = sqlx::query(
-        "UPDATE passkeys SET sign_count = $2, last_used_at = $3 \
-         WHERE id = $1 AND (sign_count < $2 OR ($2 = 0 AND sign_count = 0))",
-    )
-    .bind(id)
-    .bind(counter)
-    .bind(now)
-    .execute(tx.conn())
-    .await?
-    .rows_affected();
+    let n = sqlx::query(RAISE_COUNTER)
+        .bind(id)
+        .bind(counter)
+        .bind(now)
+        .execute(tx.conn())
+        .await?
+        .rows_affected();
     tx.commit().await?;
+    Ok(n == 1)
+}
+
+const RAISE_COUNTER: &str = "UPDATE passkeys SET sign_count = $2, last_used_at = $3 \
+     WHERE id = $1 AND (sign_count < $2 OR ($2 = 0 AND sign_count = 0))";
+
+/// [`record_use`] inside the caller's write transaction (a signed payment's movement).
+pub async fn record_use_in(
+    tx: &mut Tx<'_>,
+    id: i64,
+    counter: i64,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let n = match tx {
+        Tx::Sqlx(tx) => sqlx::query(RAISE_COUNTER)
+            .bind(id)
+            .bind(counter)
+            .bind(now)
+            .execute(tx.conn())
+            .await?
+            .rows_affected(),
+        Tx::Batch(tx) => {
+            let params = [
+                Param::Integer(id),
+                Param::Integer(counter),
+                Param::Integer(now),
+            ];
+            tx.execute(&[RAISE_COUNTER], &params)? as u64
+        }
+    };
     Ok(n == 1)
 }
 

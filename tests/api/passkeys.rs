@@ -737,3 +737,33 @@ async fn a_customer_holds_at_most_ten_passkeys() {
     assert!(json_of(r).await["error"].as_str().unwrap().contains("10"));
     assert!(events(&app, "passkey_refused").await.is_empty());
 }
+
+#[tokio::test]
+async fn two_signatures_with_one_counter_at_the_same_moment_move_money_once() {
+    let app = app().await;
+    let kari = app.customer("kari").await;
+    let _ola = app.customer("ola").await;
+    assert_eq!(kari.deposit("100").await.status(), 303);
+    let key = add_passkey(&app, &kari, "phone").await;
+    let a = signable(&review_page(&kari, "ola", "10", "a").await);
+    let b = signable(&review_page(&kari, "ola", "10", "b").await);
+    // A cloned authenticator: both signatures carry the same counter.
+    let counter = key.counter();
+    let signed_a = key.assert(&a.options);
+    key.set_counter(counter);
+    let signed_b = key.assert(&b.options);
+    let before = kari.balance_minor().await;
+    let (ra, rb) = tokio::join!(
+        confirm_signed(&kari, &a, &signed_a),
+        confirm_signed(&kari, &b, &signed_b)
+    );
+    let mut statuses = [ra.status().as_u16(), rb.status().as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        [303, 401],
+        "one moves money, the other is refused"
+    );
+    assert_eq!(kari.balance_minor().await, before - 1000);
+    crate::helpers::verify(&app.services).await.unwrap();
+}
