@@ -29,8 +29,15 @@
 //! - `smoke`: log in one customer, a few home requests, one deposit, one transfer; exits non-zero
 //!   when anything is wrong.
 //!
+//! With `--rate R` the transfer scenarios run open loop instead: a transfer is due every 1/R s for
+//! `--duration`, whatever the server does; each is sent by the next customer with none in flight
+//! (and a code left), and its latency runs from its due time, so a stall of the server counts
+//! against every transfer due during it (no coordinated omission). A transfer that found no free
+//! customer by the end is counted as not sent, with the time it waited as its latency.
+//!
 //! With `--server-pid PID` the server's CPU time (user + system, `/proc/PID/stat`) over the
-//! measured phase is reported per operation (`server_cpu_us_per_op`).
+//! measured phase is reported per operation (`server_cpu_us_per_op`), and over the transfer
+//! scenarios' logins per login (`server_cpu_us_per_login`).
 //!
 //! The server must run with benchmark settings: `ALPHABANK_RATE_LIMIT_PER_MIN=1000000` and a low
 //! `ALPHABANK_POW_BITS` (8) so the client's proof of work does not dominate. Server-side captcha
@@ -40,6 +47,7 @@
 #[allow(dead_code)]
 // clones and counters set by hand are for the passkey API tests, which include it
 mod authenticator;
+mod open_loop;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -128,6 +136,10 @@ struct Args {
     /// measured phase is reported per operation.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// transfer, signed-transfer: open loop at this many transfers a second (due times fixed in
+    /// advance, latency from each one's due time) instead of the closed loop of `--concurrency`.
+    #[arg(long)]
+    rate: Option<f64>,
     /// Clock ticks per second of /proc/PID/stat (`getconf CLK_TCK`).
     #[arg(long, default_value_t = 100)]
     clk_tck: u64,
@@ -199,12 +211,7 @@ impl Customer {
     /// Whether `next_code` would give a code now (without using it).
     fn has_code(&self) -> bool {
         let now_secs = alphabank::now_millis() / 1000;
-        choose_step(
-            &self.secret,
-            self.last_step.load(Ordering::SeqCst),
-            now_secs,
-        )
-        .is_some()
+        next_step(self.last_step.load(Ordering::SeqCst), now_secs).is_some()
     }
 
     /// Seconds until `next_code` will give a code again (0 when it would now).
@@ -227,6 +234,18 @@ impl Customer {
 /// code matches, and its now may have moved on by one when the request arrives, so the newest
 /// step up to now + 2 with the same code counts as used.
 fn choose_step(secret: &TotpSecret, last: i64, now_secs: i64) -> Option<(i64, i64)> {
+    let step = next_step(last, now_secs)?;
+    let now = current_step(now_secs);
+    let code = secret.code_at_step(step);
+    let spent = (step + 1..=now + 2)
+        .rev()
+        .find(|&later| secret.code_at_step(later) == code)
+        .unwrap_or(step);
+    Some((step, spent))
+}
+
+/// The step of a customer's next code (see `choose_step`), without computing the code.
+fn next_step(last: i64, now_secs: i64) -> Option<i64> {
     let now = current_step(now_secs);
     let oldest = if now_secs.rem_euclid(30) >= 25 {
         now
@@ -234,15 +253,7 @@ fn choose_step(secret: &TotpSecret, last: i64, now_secs: i64) -> Option<(i64, i6
         now - 1
     };
     let step = last.saturating_add(1).max(oldest);
-    if step > now + 1 {
-        return None;
-    }
-    let code = secret.code_at_step(step);
-    let spent = (step + 1..=now + 2)
-        .rev()
-        .find(|&later| secret.code_at_step(later) == code)
-        .unwrap_or(step);
-    Some((step, spent))
+    (step <= now + 1).then_some(step)
 }
 
 /// Everything the workers share.
@@ -843,12 +854,25 @@ async fn scenario_home(args: &Args, ctx: Arc<Ctx>, customers: &[Arc<Customer>]) 
     })
 }
 
-async fn scenario_transfer(
+/// The customers of a transfer run, logged in, holding money and (signed) a passkey each.
+struct Prepared {
+    list: Vec<Arc<Customer>>,
+    logins: usize,
+    login_secs: f64,
+    /// Server CPU per login (form, password and code, proof of work), µs.
+    login_cpu_us: Option<f64>,
+    deposits: u64,
+    deposit_secs: f64,
+    passkeys_added: u64,
+    passkey_secs: f64,
+}
+
+async fn prepare_transfers(
     args: &Args,
-    ctx: Arc<Ctx>,
+    ctx: &Arc<Ctx>,
     customers: &[Arc<Customer>],
     signed: bool,
-) -> Result<Report> {
+) -> Result<Prepared> {
     let n = if args.transfer_customers == 0 {
         customers.len()
     } else {
@@ -859,7 +883,7 @@ async fn scenario_transfer(
         bail!("transfer needs at least 2 customers");
     }
     let restored = match &args.state {
-        Some(path) => restore_state(path, &ctx, &list)?,
+        Some(path) => restore_state(path, ctx, &list)?,
         None => 0,
     };
     let started_logins = Instant::now();
@@ -886,91 +910,129 @@ async fn scenario_transfer(
         }
     }
     let logins = to_log_in.len();
-    login_all(&ctx, &to_log_in, args.login_concurrency).await?;
+    let cpu_before = server_cpu_micros(args);
+    login_all(ctx, &to_log_in, args.login_concurrency).await?;
+    let login_cpu_us = cpu_per_op(cpu_before, server_cpu_micros(args), logins as u64);
     let login_secs = started_logins.elapsed().as_secs_f64();
-    // The deposits (code-checked actions too).
     let deposit_started = Instant::now();
-    let deposits = Arc::new(AtomicU64::new(0));
-    {
-        let next = Arc::new(AtomicUsize::new(0));
-        let shared = Arc::new(to_deposit);
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..args.concurrency.unwrap_or(64) {
-            let (ctx, next, shared, deposits) =
-                (ctx.clone(), next.clone(), shared.clone(), deposits.clone());
-            tasks.spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(c) = shared.get(i) else {
-                        return Ok::<_, anyhow::Error>(());
-                    };
-                    loop {
-                        match deposit(&ctx, c, "1000").await? {
-                            Money::Status(303, _) => {
-                                deposits.fetch_add(1, Ordering::Relaxed);
-                                break;
-                            }
-                            Money::Status(status, why) => {
-                                bail!("deposit by {} answered {status}: {why}", c.username)
-                            }
-                            Money::NoCode => {
-                                let wait = c.wait_for_code().max(1);
-                                tokio::time::sleep(Duration::from_secs(wait)).await;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-        while let Some(joined) = tasks.join_next().await {
-            joined??;
-        }
-    }
+    let deposits = deposit_all(ctx, to_deposit, args.concurrency.unwrap_or(64)).await?;
     let deposit_secs = deposit_started.elapsed().as_secs_f64();
     let passkeys_started = Instant::now();
     let passkeys_added = if signed {
-        add_passkeys(&ctx, &list, args.concurrency.unwrap_or(64)).await?
+        add_passkeys(ctx, &list, args.concurrency.unwrap_or(64)).await?
     } else {
         0
     };
-    let passkey_secs = passkeys_started.elapsed().as_secs_f64();
+    Ok(Prepared {
+        list,
+        logins,
+        login_secs,
+        login_cpu_us,
+        deposits,
+        deposit_secs,
+        passkeys_added,
+        passkey_secs: passkeys_started.elapsed().as_secs_f64(),
+    })
+}
 
+/// One ATM deposit of 1 000 kr for each customer of `list` (code-checked actions too), `parallel`
+/// at a time; returns how many were made.
+async fn deposit_all(ctx: &Arc<Ctx>, list: Vec<Arc<Customer>>, parallel: usize) -> Result<u64> {
+    let deposits = Arc::new(AtomicU64::new(0));
+    let next = Arc::new(AtomicUsize::new(0));
+    let shared = Arc::new(list);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..parallel.max(1) {
+        let (ctx, next, shared, deposits) =
+            (ctx.clone(), next.clone(), shared.clone(), deposits.clone());
+        tasks.spawn(async move {
+            while let Some(c) = shared.get(next.fetch_add(1, Ordering::SeqCst)) {
+                loop {
+                    match deposit(&ctx, c, "1000").await? {
+                        Money::Status(303, _) => {
+                            deposits.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        Money::Status(status, why) => {
+                            bail!("deposit by {} answered {status}: {why}", c.username)
+                        }
+                        Money::NoCode => {
+                            let wait = c.wait_for_code().max(1);
+                            tokio::time::sleep(Duration::from_secs(wait)).await;
+                        }
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined??;
+    }
+    Ok(deposits.load(Ordering::Relaxed))
+}
+
+/// The measured transfer phase.
+struct Measured {
+    latency: Histogram<u64>,
+    ok: u64,
+    refused: u64,
+    refusals: Vec<String>,
+    seconds: f64,
+    /// Open loop only: offered rate, offered, unsent and the most in flight.
+    open: Option<(f64, u64, u64, usize)>,
+}
+
+/// The customers of the transfer phase and who they pay.
+#[derive(Clone)]
+struct Payers {
+    list: Arc<Vec<Arc<Customer>>>,
+    names: Arc<Vec<String>>,
+    signed: bool,
+}
+
+impl Payers {
+    /// The receiver of a transfer by customer `i`: another customer picked at random, as people
+    /// pay each other (senders are taken in turn, so "the next customer" would make every
+    /// transfer in flight share an account with the one beside it and wait for its lock).
+    fn receiver(&self, i: usize) -> Option<&str> {
+        let n = self.names.len();
+        let offset = rand::Rng::gen_range(&mut rand::thread_rng(), 1..n);
+        self.names.get((i + offset) % n).map(String::as_str)
+    }
+}
+
+/// Closed loop: `concurrency` workers, each sending the next transfer when its last one is
+/// answered, until `duration` or until every customer's codes are used up for now.
+async fn closed_loop_transfers(
+    args: &Args,
+    ctx: &Arc<Ctx>,
+    payers: &Payers,
+    concurrency: usize,
+) -> Result<Measured> {
+    let signed = payers.signed;
     // When every customer's codes are used up (a run that follows another closely), the clock
     // has to move on first; that wait is not counted.
-    if !signed && !list.iter().any(|c| c.has_code()) {
+    if !signed && !payers.list.iter().any(|c| c.has_code()) {
         wait_for_next_step().await;
     }
-    // Transfers: round-robin over the customers; one whose codes are used up for now is skipped.
-    let concurrency = args.concurrency.unwrap_or(64);
-    let names: Arc<Vec<String>> = Arc::new(list.iter().map(|c| c.username.clone()).collect());
-    let shared = Arc::new(list);
     let cursor = Arc::new(AtomicUsize::new(0));
     // Customers skipped in a row (by all workers) because their codes are used up for now.
     let skipped = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.duration);
     let started = Instant::now();
-    let cpu_before = server_cpu_micros(args);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
-        let (ctx, shared, names, cursor, skipped) = (
-            ctx.clone(),
-            shared.clone(),
-            names.clone(),
-            cursor.clone(),
-            skipped.clone(),
-        );
+        let (ctx, payers, cursor, skipped) =
+            (ctx.clone(), payers.clone(), cursor.clone(), skipped.clone());
         tasks.spawn(async move {
             let mut h = histogram()?;
             let (mut ok, mut refused) = (0u64, 0u64);
             let mut refusals: Vec<String> = Vec::new();
-            let n = shared.len();
+            let n = payers.list.len();
             while Instant::now() < deadline {
                 let i = cursor.fetch_add(1, Ordering::SeqCst) % n;
-                // To another customer picked at random, as people pay each other: senders are
-                // taken in turn, so "the next customer" would make every transfer in flight share
-                // an account with the one beside it and wait for its lock.
-                let offset = rand::Rng::gen_range(&mut rand::thread_rng(), 1..n);
-                let (Some(c), Some(to)) = (shared.get(i), names.get((i + offset) % n)) else {
+                let (Some(c), Some(to)) = (payers.list.get(i), payers.receiver(i)) else {
                     continue;
                 };
                 if !signed && !c.has_code() {
@@ -1008,54 +1070,173 @@ async fn scenario_transfer(
             Ok::<_, anyhow::Error>((h, ok, refused, refusals, Instant::now()))
         });
     }
-    let mut total = histogram()?;
-    let (mut ok, mut refused) = (0u64, 0u64);
-    let mut refusals = Vec::new();
+    let mut measured = Measured {
+        latency: histogram()?,
+        ok: 0,
+        refused: 0,
+        refusals: Vec::new(),
+        seconds: 0.0,
+        open: None,
+    };
     let mut last_end = started;
     while let Some(joined) = tasks.join_next().await {
         let (h, o, r, why, end) = joined??;
-        total.add(h).context("merging histograms")?;
-        ok += o;
-        refused += r;
-        refusals.extend(why);
+        measured.latency.add(h).context("merging histograms")?;
+        measured.ok += o;
+        measured.refused += r;
+        measured.refusals.extend(why);
         last_end = last_end.max(end);
     }
-    let secs = last_end.duration_since(started).as_secs_f64();
-    let cpu_us_per_op = cpu_per_op(cpu_before, server_cpu_micros(args), ok);
-    let tps = ok as f64 / secs.max(1e-9);
-    if let Some(path) = &args.state {
-        save_state(path, &ctx, &shared)?;
+    measured.seconds = last_end.duration_since(started).as_secs_f64();
+    Ok(measured)
+}
+
+/// Open loop: a transfer is due every 1/`rate` s for `duration`, sent by the next customer with
+/// none in flight (and, confirmed with codes, a code left); latency runs from its due time.
+async fn open_loop_transfers(
+    args: &Args,
+    ctx: &Arc<Ctx>,
+    payers: &Payers,
+    rate: f64,
+) -> Result<Measured> {
+    let cursor = Arc::new(AtomicUsize::new(0));
+    let phase = open_loop::run(rate, Duration::from_secs(args.duration), |end| {
+        let (ctx, payers, cursor) = (ctx.clone(), payers.clone(), cursor.clone());
+        async move { open_transfer(&ctx, &payers, &cursor, end).await }
+    })
+    .await?;
+    Ok(Measured {
+        latency: phase.latency,
+        ok: phase.done,
+        refused: phase.failed,
+        refusals: phase.failures,
+        seconds: phase.seconds,
+        open: Some((rate, phase.offered, phase.unsent, phase.max_in_flight)),
+    })
+}
+
+/// One open-loop transfer: waits (until `end`) for a customer who is free to send.
+async fn open_transfer(
+    ctx: &Ctx,
+    payers: &Payers,
+    cursor: &AtomicUsize,
+    end: Instant,
+) -> Result<open_loop::Outcome> {
+    let n = payers.list.len();
+    loop {
+        let free = (0..n).find_map(|_| {
+            let i = cursor.fetch_add(1, Ordering::SeqCst) % n;
+            let c = payers.list.get(i)?;
+            let able = payers.signed || c.has_code();
+            (able && !c.sending.swap(true, Ordering::SeqCst)).then_some((i, c))
+        });
+        let Some((i, c)) = free else {
+            if Instant::now() >= end {
+                return Ok(open_loop::Outcome::Unsent);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            continue;
+        };
+        let to = payers.receiver(i).unwrap_or_default().to_string();
+        let sent = transfer(ctx, c, &to, payers.signed).await;
+        c.sending.store(false, Ordering::SeqCst);
+        return Ok(match sent? {
+            Money::Status(303, _) => open_loop::Outcome::Done,
+            Money::Status(status, why) => {
+                open_loop::Outcome::Failed(format!("{}: {status} {why}", c.username))
+            }
+            // Its last code went to another form just now: the next customer sends it.
+            Money::NoCode => continue,
+        });
     }
+}
+
+async fn scenario_transfer(
+    args: &Args,
+    ctx: Arc<Ctx>,
+    customers: &[Arc<Customer>],
+    signed: bool,
+) -> Result<Report> {
+    let prepared = prepare_transfers(args, &ctx, customers, signed).await?;
+    let n = prepared.list.len();
+    let concurrency = args.concurrency.unwrap_or(64);
+    let payers = Payers {
+        names: Arc::new(prepared.list.iter().map(|c| c.username.clone()).collect()),
+        list: Arc::new(prepared.list),
+        signed,
+    };
+    let cpu_before = server_cpu_micros(args);
+    let m = match args.rate {
+        Some(rate) => open_loop_transfers(args, &ctx, &payers, rate).await?,
+        None => closed_loop_transfers(args, &ctx, &payers, concurrency).await?,
+    };
+    let cpu_us_per_op = cpu_per_op(cpu_before, server_cpu_micros(args), m.ok);
+    let tps = m.ok as f64 / m.seconds.max(1e-9);
+    if let Some(path) = &args.state {
+        save_state(path, &ctx, &payers.list)?;
+    }
+    let logins = prepared.logins;
+    let mut json = serde_json::json!({
+        "customers": n, "logins": logins,
+        "sessions_reused": n - logins, "login_seconds": prepared.login_secs,
+        "server_cpu_us_per_login": prepared.login_cpu_us,
+        "deposits_303": prepared.deposits, "deposit_seconds": prepared.deposit_secs,
+        "transfers_303": m.ok, "refused": m.refused, "refusals": m.refusals, "seconds": m.seconds,
+        "transfers_per_s": tps, "p50_ms": ms(&m.latency, 0.5), "p99_ms": ms(&m.latency, 0.99),
+        "p999_ms": ms(&m.latency, 0.999), "max_ms": m.latency.max() as f64 / 1000.0,
+        "signed": signed, "passkeys_added": prepared.passkeys_added,
+        "passkey_seconds": prepared.passkey_secs, "server_cpu_us_per_op": cpu_us_per_op,
+    });
+    let load = match m.open {
+        Some((rate, offered, unsent, in_flight)) => {
+            if let Some(map) = json.as_object_mut() {
+                map.insert("rate".into(), rate.into());
+                map.insert("offered".into(), offered.into());
+                map.insert("unsent".into(), unsent.into());
+                map.insert("max_in_flight".into(), in_flight.into());
+            }
+            format!(
+                "open loop, {rate} offered/s: {offered} due, {unsent} not sent by the end, at most {in_flight} in flight"
+            )
+        }
+        None => {
+            if let Some(map) = json.as_object_mut() {
+                map.insert("concurrency".into(), concurrency.into());
+            }
+            format!("closed loop, {concurrency} in flight")
+        }
+    };
+    let cpu = |us: Option<f64>| us.map_or("?".to_string(), |us| format!("{us:.0}"));
     Ok(Report {
-        json: serde_json::json!({
-            "customers": n, "concurrency": concurrency, "logins": logins,
-            "sessions_reused": n - logins, "login_seconds": login_secs,
-            "deposits_303": deposits.load(Ordering::Relaxed), "deposit_seconds": deposit_secs,
-            "transfers_303": ok, "refused": refused, "refusals": refusals, "seconds": secs,
-            "transfers_per_s": tps, "p50_ms": ms(&total, 0.5), "p99_ms": ms(&total, 0.99),
-            "p999_ms": ms(&total, 0.999), "max_ms": total.max() as f64 / 1000.0,
-            "signed": signed, "passkeys_added": passkeys_added, "passkey_seconds": passkey_secs,
-            "server_cpu_us_per_op": cpu_us_per_op,
-        }),
+        json,
         text: format!(
-            "{} ({n} customers, {concurrency} in flight): {logins} logins ({} sessions reused) {login_secs:.1} s, {} deposits in {deposit_secs:.1} s, {passkeys_added} passkeys in {passkey_secs:.1} s; {ok} transfers (303), {refused} refused in {secs:.2} s: {tps:.0} transfers/s, p50 {:.2} ms, p99 {:.2} ms (form GET + review + confirm), server CPU {} µs/transfer{}",
+            "{} ({n} customers, {load}): {logins} logins ({} sessions reused) {:.1} s, server CPU {} µs/login, {} deposits in {:.1} s, {} passkeys in {:.1} s; {} transfers (303), {} refused in {:.2} s: {tps:.0} transfers/s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms (form GET + review + confirm), server CPU {} µs/transfer{}",
             if signed {
                 "signed-transfer"
             } else {
                 "transfer"
             },
             n - logins,
-            deposits.load(Ordering::Relaxed),
-            ms(&total, 0.5),
-            ms(&total, 0.99),
-            cpu_us_per_op.map_or("?".to_string(), |us| format!("{us:.0}")),
-            if refusals.is_empty() {
+            prepared.login_secs,
+            cpu(prepared.login_cpu_us),
+            prepared.deposits,
+            prepared.deposit_secs,
+            prepared.passkeys_added,
+            prepared.passkey_secs,
+            m.ok,
+            m.refused,
+            m.seconds,
+            ms(&m.latency, 0.5),
+            ms(&m.latency, 0.99),
+            ms(&m.latency, 0.999),
+            cpu(cpu_us_per_op),
+            if m.refusals.is_empty() {
                 String::new()
             } else {
-                format!("; refusals e.g. {refusals:?}")
+                format!("; refusals e.g. {:?}", m.refusals)
             }
         ),
-        ok: refused == 0 && ok > 0,
+        ok: m.refused == 0 && m.ok > 0,
     })
 }
 
