@@ -83,6 +83,31 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The origin customers use (CONTRACT §1): the WebAuthn origin; its host is the RP id.
     pub public_url: url::Url,
+    /// Where mail goes (`ALPHABANK_SMTP_URL`); `None`: into `<data dir>/outbox/` as files.
+    pub smtp: Option<SmtpSettings>,
+    /// The sender of every message (`ALPHABANK_MAIL_FROM`).
+    pub mail_from: lettre::message::Mailbox,
+}
+
+/// How the SMTP connection is secured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmtpSecurity {
+    /// `smtps://`: TLS from the first byte.
+    ImplicitTls,
+    /// `smtp://` to any host but a loopback one: STARTTLS, and no mail without it.
+    StartTlsRequired,
+    /// `smtp://` to a loopback host: STARTTLS if the server offers it.
+    StartTlsIfOffered,
+}
+
+/// `ALPHABANK_SMTP_URL`, checked.
+#[derive(Clone, Debug)]
+pub struct SmtpSettings {
+    pub host: String,
+    pub port: u16,
+    pub security: SmtpSecurity,
+    /// User name and password, percent-decoded.
+    pub credentials: Option<(String, Secret)>,
 }
 
 /// One configuration problem, shown as a single line: `ALPHABANK_X: what is wrong`.
@@ -148,6 +173,8 @@ struct RawConfig {
     argon2_p: Option<String>,
     log_format: Option<String>,
     public_url: Option<String>,
+    smtp_url: Option<String>,
+    mail_from: Option<String>,
 }
 
 impl RawConfig {
@@ -204,6 +231,8 @@ impl RawConfig {
             "argon2_p" => &mut self.argon2_p,
             "log_format" => &mut self.log_format,
             "public_url" => &mut self.public_url,
+            "smtp_url" => &mut self.smtp_url,
+            "mail_from" => &mut self.mail_from,
             _ => return None,
         };
         Some(slot)
@@ -348,6 +377,91 @@ fn parse_public_url(value: Option<&str>, listen_port: u16) -> Result<url::Url, C
         ));
     }
     Ok(url)
+}
+
+/// Where mail goes and who sends it.
+struct MailSettings {
+    smtp: Option<SmtpSettings>,
+    mail_from: lettre::message::Mailbox,
+}
+
+impl MailSettings {
+    fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
+        let smtp = raw.smtp_url.as_deref().map(parse_smtp_url).transpose()?;
+        let from = raw
+            .mail_from
+            .as_deref()
+            .unwrap_or("AlphaBank <no-reply@localhost>");
+        let mail_from = from.parse().map_err(|_| {
+            bad(
+                "mail_from",
+                format!("`{from}` is not an address like `AlphaBank <no-reply@bank.example>`"),
+            )
+        })?;
+        Ok(MailSettings { smtp, mail_from })
+    }
+}
+
+/// `smtp://[user:password@]host[:port]` (port 587, STARTTLS) or `smtps://…` (port 465, TLS).
+fn parse_smtp_url(text: &str) -> Result<SmtpSettings, ConfigError> {
+    // The URL may carry a password: it is never repeated in the error.
+    let problem = |p: &str| bad("smtp_url", p.to_string());
+    let url = url::Url::parse(text).map_err(|_| problem("is not a URL"))?;
+    let (default_port, tls) = match url.scheme() {
+        "smtp" => (587, false),
+        "smtps" => (465, true),
+        _ => return Err(problem("must start with smtp:// or smtps://")),
+    };
+    let host = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| problem("names no host"))?
+        .trim_matches(|c| c == '[' || c == ']')
+        .to_string();
+    if !(url.path().is_empty() || url.path() == "/")
+        || url.query().is_some()
+        || url.fragment().is_some()
+    {
+        return Err(problem(
+            "must be smtp[s]://[user:password@]host[:port], nothing after it",
+        ));
+    }
+    let port = url.port().unwrap_or(default_port);
+    if port == 0 {
+        return Err(problem("names port 0"));
+    }
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .map(|d| d.into_owned())
+            .map_err(|_| problem("has a user name or password that is not UTF-8"))
+    };
+    let credentials = match (url.username(), url.password()) {
+        ("", None) => None,
+        (user, Some(password)) if !user.is_empty() => {
+            Some((decode(user)?, Secret::new(decode(password)?)))
+        }
+        _ => {
+            return Err(problem(
+                "must give both a user name and a password, or neither",
+            ));
+        }
+    };
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let security = match (tls, loopback) {
+        (true, _) => SmtpSecurity::ImplicitTls,
+        (false, true) => SmtpSecurity::StartTlsIfOffered,
+        (false, false) => SmtpSecurity::StartTlsRequired,
+    };
+    Ok(SmtpSettings {
+        host,
+        port,
+        security,
+        credentials,
+    })
 }
 
 /// The certificate and private key files: both or neither, and existing when named.
@@ -590,6 +704,7 @@ impl Config {
         let captcha = CaptchaSettings::from_raw(raw)?;
         let argon2 = Argon2Cost::from_raw(raw)?;
         let log_format = LogFormat::from_raw(raw)?;
+        let mail = MailSettings::from_raw(raw)?;
         Ok(Config {
             data_dir: storage.data_dir,
             database_url: storage.database_url,
@@ -612,6 +727,8 @@ impl Config {
             argon2,
             log_format,
             public_url: network.public_url,
+            smtp: mail.smtp,
+            mail_from: mail.mail_from,
         })
     }
     /// The configuration once the HTTPS listener is bound to `port`: a default public URL made
@@ -777,5 +894,64 @@ mod tests {
         let c =
             Config::load_from(None, &env(&[("ALPHABANK_MASTER_KEY", "c2VjcmV0c2VjcmV0")])).unwrap();
         assert!(!format!("{c:?}").contains("c2VjcmV0c2VjcmV0"));
+    }
+
+    #[test]
+    fn the_smtp_url_says_how_mail_is_secured() {
+        let load = |url: &str| Config::load_from(None, &env(&[("ALPHABANK_SMTP_URL", url)]));
+        assert!(load("").unwrap().smtp.is_none(), "empty is unset: files");
+        let relay = load("smtp://mailer:p%40ss@mail.example")
+            .unwrap()
+            .smtp
+            .unwrap();
+        assert_eq!((relay.host.as_str(), relay.port), ("mail.example", 587));
+        assert_eq!(relay.security, SmtpSecurity::StartTlsRequired);
+        let (user, password) = relay.credentials.unwrap();
+        assert_eq!((user.as_str(), password.expose()), ("mailer", "p@ss"));
+        let tls = load("smtps://mail.example").unwrap().smtp.unwrap();
+        assert_eq!((tls.port, tls.security), (465, SmtpSecurity::ImplicitTls));
+        for local in [
+            "smtp://127.0.0.1:2525",
+            "smtp://localhost:25",
+            "smtp://[::1]:2525",
+        ] {
+            let s = load(local).unwrap().smtp.unwrap();
+            assert_eq!(s.security, SmtpSecurity::StartTlsIfOffered, "{local}");
+        }
+        for bad in [
+            "mail.example",
+            "http://mail.example",
+            "smtp://",
+            "smtp://mail.example/path",
+            "smtp://mail.example?tls=no",
+            "smtp://user@mail.example",
+            "smtp://mail.example:0",
+        ] {
+            let error = load(bad).unwrap_err();
+            assert_eq!(error.variable, "ALPHABANK_SMTP_URL", "{bad}");
+        }
+        let error = load("smtp://u:secret-pw@mail.example/x").unwrap_err();
+        assert!(!error.to_string().contains("secret-pw"), "{error}");
+        assert!(!format!("{:?}", load("smtp://u:secret-pw@h").unwrap()).contains("secret-pw"));
+    }
+
+    #[test]
+    fn the_mail_sender_is_an_address() {
+        let c = Config::load_from(None, &env(&[])).unwrap();
+        assert_eq!(c.mail_from.email.to_string(), "no-reply@localhost");
+        let set = env(&[("ALPHABANK_MAIL_FROM", "Bank <post@bank.example>")]);
+        assert_eq!(
+            Config::load_from(None, &set)
+                .unwrap()
+                .mail_from
+                .email
+                .to_string(),
+            "post@bank.example"
+        );
+        let bad = env(&[("ALPHABANK_MAIL_FROM", "not an address")]);
+        assert_eq!(
+            Config::load_from(None, &bad).unwrap_err().variable,
+            "ALPHABANK_MAIL_FROM"
+        );
     }
 }

@@ -62,7 +62,7 @@ pub async fn signup_allowed(
     let now = crate::now_millis();
     let window = SIGNUP_THROTTLE_WINDOW_MILLIS;
     let db = &services.db;
-    if crate::store::sessions::charge_signup(db, &ip, now, window, SIGNUPS_PER_IP_MAX).await? {
+    if crate::store::sessions::charge_window(db, &ip, now, window, SIGNUPS_PER_IP_MAX).await? {
         return Ok(SignupGate::Open);
     }
     let event = AuditEvent::SignupThrottled;

@@ -17,6 +17,7 @@ pub mod customers;
 pub mod domain;
 pub mod ledger;
 pub mod limits;
+pub mod mail;
 pub mod payments;
 pub mod rate_limit;
 pub mod seed;

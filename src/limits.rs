@@ -50,3 +50,38 @@ pub const AUDIT_ANONYMOUS_STREAMS: u64 = 16;
 pub const GROUP_COMMIT_BATCH_MAX: usize = 64;
 /// Movements waiting for the SQLite writer at most; beyond it a movement runs on its own.
 pub const GROUP_COMMIT_QUEUE_MAX: usize = 1024;
+
+/// Messages waiting in the outbox at most, for all customers together; beyond it a notification
+/// is dropped (logged) and a message that carries a code is refused (503, try again).
+pub const OUTBOX_PENDING_MAX: i64 = 50_000;
+/// Messages waiting in the outbox at most for one customer (a login flood from new browsers
+/// must not fill the queue); beyond it the same as above.
+pub const OUTBOX_PENDING_PER_USER_MAX: i64 = 50;
+/// Longest text part of a message.
+pub const MAIL_BODY_BYTES_MAX: usize = 8 * 1024;
+/// Messages one sender takes from the outbox at a time.
+pub const MAIL_CLAIM_BATCH: i64 = 16;
+/// A claimed message is due again after this long if its sender has not settled it (the sender
+/// died mid-send): longer than any one delivery may take (`MAIL_SEND_TIMEOUT`).
+pub const MAIL_LEASE: Duration = Duration::from_secs(120);
+/// One delivery attempt (connect, TLS, the SMTP dialogue) at most.
+pub const MAIL_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// First retry after a failed delivery; each further one waits twice as long, up to the cap.
+pub const MAIL_RETRY_FIRST: Duration = Duration::from_secs(5);
+/// Longest wait between two attempts.
+pub const MAIL_RETRY_MAX: Duration = Duration::from_secs(15 * 60);
+/// A message not delivered this long after it was written is given up (audited).
+pub const MAIL_GIVE_UP_AFTER: Duration = Duration::from_secs(25 * 60 * 60);
+/// How often a sender looks for due messages it was not woken for (retries, other instances').
+pub const MAIL_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A code sent by mail (account recovery) is valid this long.
+pub const EMAIL_CODE_TTL: Duration = Duration::from_secs(30 * 60);
+/// Tries a code sent by mail allows; the next wrong one has burnt it.
+pub const EMAIL_CODE_TRIES_MAX: i64 = 5;
+/// The window of the recovery counts below.
+pub const RECOVERY_WINDOW: Duration = Duration::from_secs(60 * 60);
+/// `recovery-code` messages one account gets per window (CONTRACT §9: at most 3 an hour).
+pub const RECOVERY_MAILS_PER_WINDOW: i64 = 3;
+/// Recovery requests and resets one client address may make per window, together.
+pub const RECOVERY_REQUESTS_PER_IP: i64 = 20;

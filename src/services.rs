@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::crypto::Keyring;
 use crate::crypto::master::MasterKeySource;
 use crate::ledger::Ledger;
+use crate::mail::Outbox;
 use crate::payments::Payments;
 use crate::rate_limit::ClientLimiter;
 use crate::store::Db;
@@ -44,6 +45,7 @@ pub struct ServiceSet {
     pub ledger: Ledger,
     pub payments: Payments,
     pub passkeys: Passkeys,
+    pub outbox: Outbox,
     pub hasher: PasswordHasher,
     pub captcha: Captcha,
     pub rate_limiter: Arc<ClientLimiter>,

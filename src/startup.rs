@@ -150,11 +150,18 @@ pub async fn open_services(config: Config) -> Result<Services, StartError> {
         .map_err(|e| StartError::Database(DatabaseError::CashAccount(e)))?;
     let captcha =
         Captcha::try_new(&config, db.clone(), keyring.clone()).map_err(StartError::Config)?;
+    let outbox = crate::mail::Outbox::new(
+        db.clone(),
+        keyring.clone(),
+        audit.clone(),
+        &config.public_url,
+    );
     let passkeys = Passkeys::new(
         &config.public_url,
         db.clone(),
         keyring.clone(),
         audit.clone(),
+        outbox.clone(),
     );
     let payments = Payments::new(PaymentParts {
         db: db.clone(),
@@ -163,6 +170,7 @@ pub async fn open_services(config: Config) -> Result<Services, StartError> {
         audit: audit.clone(),
         captcha: captcha.clone(),
         passkeys: passkeys.clone(),
+        outbox: outbox.clone(),
     });
     let hasher = PasswordHasher::new(config.argon2)
         .map_err(|e| StartError::Keys(KeysError::PasswordHasher(e)))?;
@@ -175,6 +183,7 @@ pub async fn open_services(config: Config) -> Result<Services, StartError> {
         ledger,
         payments,
         passkeys,
+        outbox,
         hasher,
         captcha,
         rate_limiter,
@@ -193,6 +202,7 @@ pub struct Application {
     tls: Option<RustlsConfig>,
     redirect: Option<(std::net::TcpListener, u16)>,
     handle: Handle<SocketAddr>,
+    mail: crate::mail::sender::Transport,
 }
 
 /// Stops a running [`Application`] gracefully (in-flight requests drain).
@@ -229,6 +239,12 @@ impl Application {
         let services = open_services(config).await?;
         let config = services.config.clone();
         log_start_warnings(&config);
+        let mail = crate::mail::sender::Transport::new(&config).map_err(|problem| {
+            StartError::Config(ConfigError {
+                variable: "ALPHABANK_SMTP_URL".into(),
+                problem,
+            })
+        })?;
         match &services.master_key_source {
             MasterKeySource::Generated(path) => {
                 tracing::info!(path = %path.display(), "generated a new master key (mode 0600); back it up: without it the data cannot be read")
@@ -275,6 +291,7 @@ impl Application {
             tls,
             redirect,
             handle: Handle::new(),
+            mail,
         })
     }
 
@@ -304,6 +321,7 @@ impl Application {
             tls,
             redirect,
             handle,
+            mail,
         } = self;
         let scheme = if tls.is_some() { "https" } else { "http" };
         tracing::info!(address = %format!("{scheme}://{}", listener.local_addr()?), "AlphaBank is serving");
@@ -314,6 +332,7 @@ impl Application {
             signal_handle.graceful_shutdown(Some(SHUTDOWN_DRAIN_TIMEOUT));
         });
         let refresh = spawn_keyring_refresh(&services);
+        let sender = tokio::spawn(crate::mail::sender::run(services.clone(), mail));
         let redirect_task = redirect.map(|(l, _)| {
             let redirect_handle = Handle::new();
             let inner = redirect_handle.clone();
@@ -350,6 +369,7 @@ impl Application {
             redirect_handle.graceful_shutdown(Some(SHUTDOWN_DRAIN_TIMEOUT));
         }
         refresh.abort();
+        sender.abort();
         services.db.close().await;
         tracing::info!("stopped; database closed");
         result
@@ -409,6 +429,12 @@ fn log_start_warnings(config: &Config) {
     if config.plain_http {
         tracing::warn!(
             "ALPHABANK_PLAIN_HTTP=true: serving plain HTTP; only safe behind a TLS-terminating proxy"
+        );
+    }
+    if config.smtp.is_none() {
+        tracing::warn!(
+            outbox = %config.data_dir.join("outbox").display(),
+            "ALPHABANK_SMTP_URL is not set: mail is written to files in the outbox directory, not sent"
         );
     }
     if config.captcha == CaptchaMode::Off {

@@ -95,9 +95,43 @@ pub enum AuditEvent {
     PasskeyCloneSuspected {
         passkey_id: i64,
     },
+    /// A `recovery-code` message was written (the code is never in an event).
+    RecoveryCodeSent,
+    /// A recovery step refused for the account: "mail_throttled" (over its messages an hour),
+    /// "wrong_code", "wrong_second_factor".
+    RecoveryRefused {
+        reason: &'static str,
+    },
+    /// The password was replaced through account recovery; every session ended.
+    PasswordReset {
+        sessions_ended: u64,
+    },
+    /// The customer asked for a new authenticator (its secret waits for a first code).
+    AuthenticatorReplacementStarted,
+    /// A new authenticator's first code confirmed it: the old one no longer works.
+    AuthenticatorReplaced,
+    /// Ten new recovery codes; the old ones no longer work.
+    RecoveryCodesReplaced,
+    /// A new authenticator or new recovery codes (`what` "authenticator" or "recovery_codes")
+    /// refused for a wrong password or code.
+    SecondFactorChangeRefused {
+        what: &'static str,
+        reason: &'static str,
+    },
     /// A password change refused for a wrong current password or code (one message to the user).
     PasswordChangeRefused {
         reason: &'static str,
+    },
+    /// A message given up after failing to be delivered for `MAIL_GIVE_UP_AFTER` (or unreadable):
+    /// `kind` its `X-AlphaBank-Event`, `attempts` how often it was tried, `error` the last failure.
+    MailAbandoned {
+        kind: String,
+        attempts: i64,
+        error: String,
+    },
+    /// A message not written because the outbox (or the customer's share of it) was full.
+    MailDropped {
+        kind: &'static str,
     },
     KeyRotation {
         new_key_id: u32,

@@ -20,9 +20,10 @@
 //! - **Reset.** A login that passes resets its count; a code that counts inside a session resets
 //!   the shared count (in the statement that spends its step).
 
-use crate::audit::{AuditContext, AuditEvent, AuditLog};
+use crate::audit::{AuditContext, AuditEvent};
 use crate::crypto::Keyring;
 use crate::domain::UserId;
+use crate::mail::{Mail, Outbox};
 use crate::store::failures::{self as failure_store, Count, Side};
 use crate::store::{Db, StoreError};
 
@@ -83,7 +84,7 @@ pub fn lock_secs(lockouts: i64) -> i64 {
 /// concurrent request locked it first.
 pub async fn lock_if_full(
     db: &Db,
-    audit: &AuditLog,
+    outbox: &Outbox,
     ctx: &AuditContext,
     user: UserId,
     side: &Side,
@@ -105,7 +106,8 @@ pub async fn lock_if_full(
             lockouts,
             scope,
         };
-        audit.record_best_effort(&ctx.with_user(user), event).await;
+        let mail = Mail::account_locked(outbox.public_url(), now, locked_for_secs);
+        outbox.record_and_notify(ctx, event, user, &mail).await;
     }
     Ok(true)
 }

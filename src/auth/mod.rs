@@ -5,6 +5,7 @@
 pub mod failures;
 pub mod passkey;
 pub mod password;
+pub mod renewal;
 pub mod session;
 pub mod totp;
 pub mod webauthn;
@@ -12,6 +13,7 @@ pub mod webauthn;
 use crate::audit::{AuditContext, AuditEvent};
 use crate::crypto::{Aad, CryptoError};
 use crate::domain::{Email, Password, UserId};
+use crate::mail::Mail;
 use crate::startup::Services;
 use crate::store::failures::{self as failure_store, Count, Side};
 use crate::store::users::CodeCheck;
@@ -265,7 +267,7 @@ pub async fn login(
         Ok(method) => method,
         Err(reason) => {
             let (side, count) = (&charged.side, charged.count);
-            failures::lock_if_full(&services.db, &services.audit, ctx, user_id, side, count)
+            failures::lock_if_full(&services.db, &services.outbox, ctx, user_id, side, count)
                 .await?;
             return refused(services, ctx, &ip, now, refuse(reason, Some(user_id))).await;
         }
@@ -278,7 +280,8 @@ pub async fn login(
         .as_ref()
         .filter(|_| verified == Verified::YesRehash);
     let session = complete_login(services, ctx, user_id, rehash, method, user_agent).await?;
-    let device_cookie = remember_device(services, user_id, attempt.device_cookie).await?;
+    let seen = DeviceSeen::LoggedIn { ctx, user_agent };
+    let device_cookie = remember_device(services, user_id, attempt.device_cookie, seen).await?;
     Ok(LoggedIn {
         session,
         device_cookie,
@@ -456,7 +459,12 @@ async fn complete_login(
         tx.commit().await?;
     }
     let ctx = ctx.with_user(user_id);
-    let new = session::create(services, user_id, Stage::Full, &ctx, user_agent).await?;
+    let mut new = session::create(services, user_id, Stage::Full, &ctx, user_agent).await?;
+    if method == "recovery_code" {
+        // The home page then says how many codes are left and offers a new authenticator.
+        session_store::set_login_method(&services.db, &new.session.id_hash, method).await?;
+        new.session.via_recovery_code = true;
+    }
     services
         .audit
         .record_best_effort(&ctx, AuditEvent::LoginSucceeded { method })
@@ -464,20 +472,48 @@ async fn complete_login(
     Ok(new)
 }
 
+/// How a browser came to be remembered: finishing enrolment (the account's first browser,
+/// nothing to tell) or logging in (a browser new to the account is mailed about).
+pub enum DeviceSeen<'a> {
+    Enrolled,
+    LoggedIn {
+        ctx: &'a AuditContext,
+        user_agent: Option<&'a str>,
+    },
+}
+
 /// Remembers the browser that logged in (or finished enrolling): its device cookie if it sent a
 /// well-formed one, else a new one. Returns the cookie's value (sent again, so its year starts
-/// again).
+/// again). A log-in from a browser the account did not know writes `new-device-login` in the
+/// same transaction.
 pub async fn remember_device(
     services: &Services,
     user_id: UserId,
     sent: Option<&str>,
+    seen: DeviceSeen<'_>,
 ) -> Result<String, AuthError> {
     let cookie = sent
         .filter(|c| failures::device_hash(&services.keyring, c).is_some())
         .map(str::to_ascii_lowercase)
         .unwrap_or_else(failures::new_device_cookie);
     if let Some(hash) = failures::device_hash(&services.keyring, &cookie) {
-        failure_store::remember_device(&services.db, user_id, &hash, crate::now_millis()).await?;
+        let now = crate::now_millis();
+        let mut tx = services.db.begin_write().await?;
+        let new = failure_store::remember_device(&mut tx, user_id, &hash, now).await?;
+        let mut mailed = false;
+        if new && let DeviceSeen::LoggedIn { ctx, user_agent } = seen {
+            let outbox = &services.outbox;
+            let mail = Mail::new_device_login(outbox.public_url(), now, ctx.client_ip, user_agent);
+            outbox
+                .notify_in(&mut tx, ctx, user_id, &mail)
+                .await
+                .map_err(|e| AuthError::Internal(e.to_string()))?;
+            mailed = true;
+        }
+        tx.commit().await?;
+        if mailed {
+            services.outbox.wake();
+        }
     }
     Ok(cookie)
 }
@@ -537,10 +573,10 @@ pub async fn check_code_counted(
     let Some(count) = failure_store::charge_in_session(&services.db, user_id).await? else {
         return Ok(CodeVerdict::TooManyFailures);
     };
-    let (db, audit) = (&services.db, &services.audit);
+    let (db, outbox) = (&services.db, &services.outbox);
     let ctx = ctx.with_user(user_id);
     Ok(
-        if failures::lock_if_full(db, audit, &ctx, user_id, &Side::Shared, count).await? {
+        if failures::lock_if_full(db, outbox, &ctx, user_id, &Side::Shared, count).await? {
             CodeVerdict::TooManyFailures
         } else {
             CodeVerdict::Wrong
@@ -614,8 +650,8 @@ pub async fn change_password(
         let ctx = ctx.with_user(user.id);
         let event = AuditEvent::PasswordChangeRefused { reason };
         services.audit.record_best_effort(&ctx, event).await;
-        let (db, audit) = (&services.db, &services.audit);
-        if failures::lock_if_full(db, audit, &ctx, user.id, &Side::Shared, count).await? {
+        let (db, outbox) = (&services.db, &services.outbox);
+        if failures::lock_if_full(db, outbox, &ctx, user.id, &Side::Shared, count).await? {
             return Err(PasswordChangeError::TooManyFailures);
         }
         return Err(field("current_password", WRONG_PASSWORD_OR_CODE.into()));
@@ -661,6 +697,12 @@ async fn store_new_password(
         .record_in(&mut tx, &ctx, AuditEvent::PasswordChanged)
         .await
         .map_err(|e| AuthError::Internal(e.to_string()))?;
+    let mail = Mail::password_changed(services.outbox.public_url(), crate::now_millis());
+    services
+        .outbox
+        .notify_in(&mut tx, &ctx, user_id, &mail)
+        .await
+        .map_err(|e| AuthError::Internal(e.to_string()))?;
     if ended > 0 {
         services
             .audit
@@ -669,6 +711,7 @@ async fn store_new_password(
             .map_err(|e| AuthError::Internal(e.to_string()))?;
     }
     tx.commit().await?;
+    services.outbox.wake();
     Ok(())
 }
 

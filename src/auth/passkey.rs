@@ -14,6 +14,7 @@ use super::{AuthError, Gate, LoggedIn, Refusal};
 use crate::audit::{AuditContext, AuditEvent, AuditLog, Signature};
 use crate::crypto::{Aad, Keyring};
 use crate::domain::{PasskeyName, UserId};
+use crate::mail::{Mail, Outbox};
 use crate::services::Services;
 use crate::store::passkeys::{self as passkey_store, Inserted, NewPasskey, PasskeyRow};
 use crate::store::{Db, failures as failure_store};
@@ -60,6 +61,7 @@ pub struct Passkeys {
     db: Db,
     keyring: Keyring,
     audit: AuditLog,
+    outbox: Outbox,
 }
 
 fn credential_aad(id: i64) -> Aad {
@@ -75,12 +77,19 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 impl Passkeys {
-    pub fn new(public_url: &url::Url, db: Db, keyring: Keyring, audit: AuditLog) -> Self {
+    pub fn new(
+        public_url: &url::Url,
+        db: Db,
+        keyring: Keyring,
+        audit: AuditLog,
+        outbox: Outbox,
+    ) -> Self {
         Passkeys {
             rp: RelyingParty::new(public_url),
             db,
             keyring,
             audit,
+            outbox,
         }
     }
 
@@ -181,10 +190,17 @@ impl Passkeys {
             Err(error) => Err(AddRefusal::Ceremony(error)),
         };
         let ctx = ctx.with_user(user);
-        let event = match &outcome {
-            Ok(passkey_id) => AuditEvent::PasskeyAdded {
+        if let Ok(passkey_id) = &outcome {
+            let event = AuditEvent::PasskeyAdded {
                 passkey_id: *passkey_id,
-            },
+            };
+            let mail = Mail::passkey_added(self.outbox.public_url(), crate::now_millis());
+            self.outbox
+                .record_and_notify(&ctx, event, user, &mail)
+                .await;
+        }
+        let event = match &outcome {
+            Ok(_) => return Ok(outcome),
             Err(refusal) => AuditEvent::PasskeyRefused {
                 action: "add",
                 reason: match refusal {
@@ -290,9 +306,8 @@ impl Passkeys {
         let removed = passkey_store::remove(&self.db, user, id).await?;
         if removed {
             let event = AuditEvent::PasskeyRemoved { passkey_id: id };
-            self.audit
-                .record_best_effort(&ctx.with_user(user), event)
-                .await;
+            let mail = Mail::passkey_removed(self.outbox.public_url(), crate::now_millis());
+            self.outbox.record_and_notify(ctx, event, user, &mail).await;
         }
         Ok(removed)
     }
@@ -505,7 +520,7 @@ pub async fn login(
         .map_err(|e| AuthError::Internal(e.to_string()))?;
     if let Err(error) = passkeys.assert(ctx, state, &row, &response).await? {
         let (side, count) = (&charged.side, charged.count);
-        super::failures::lock_if_full(&services.db, &services.audit, ctx, user_id, side, count)
+        super::failures::lock_if_full(&services.db, &services.outbox, ctx, user_id, side, count)
             .await?;
         return super::refused(
             services,
@@ -521,7 +536,9 @@ pub async fn login(
     }
     let session =
         super::complete_login(services, ctx, user_id, None, "passkey", user_agent).await?;
-    let device_cookie = super::remember_device(services, user_id, attempt.device_cookie).await?;
+    let seen = super::DeviceSeen::LoggedIn { ctx, user_agent };
+    let device_cookie =
+        super::remember_device(services, user_id, attempt.device_cookie, seen).await?;
     Ok(LoggedIn {
         session,
         device_cookie,

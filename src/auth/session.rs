@@ -42,6 +42,8 @@ pub struct Session {
     pub created_at_millis: i64,
     pub last_seen_at_millis: i64,
     pub flash: Option<String>,
+    /// The session logged in with a recovery code (the home page offers a new authenticator).
+    pub via_recovery_code: bool,
     /// The customer's username (read with the session; usernames never change).
     pub username: String,
     /// The customer's account as of the start of the request (read with the session, so the
@@ -63,6 +65,7 @@ impl From<SessionRow> for Session {
             created_at_millis: row.created_at_millis,
             last_seen_at_millis: row.last_seen_at_millis,
             flash: row.flash,
+            via_recovery_code: row.login_method.as_deref() == Some("recovery_code"),
             username: String::new(),
             account: None,
         }
@@ -123,6 +126,7 @@ pub async fn create_in(
                 .seal_str(&recovery_aad(&id_hash), &codes.join("\n"))
         }),
         flash: None,
+        login_method: None,
     };
     session_store::insert(tx, &row, SESSIONS_PER_USER_MAX).await?;
     Ok(NewSession {

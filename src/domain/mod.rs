@@ -12,6 +12,7 @@ macro_rules! display_as_str {
     };
 }
 
+pub mod browser;
 mod email;
 mod idempotency;
 mod ids;

@@ -175,6 +175,7 @@ pub struct Payments {
     audit: AuditLog,
     captcha: crate::captcha::Captcha,
     passkeys: Passkeys,
+    outbox: crate::mail::Outbox,
 }
 
 /// What the movement service works with.
@@ -185,6 +186,7 @@ pub struct PaymentParts {
     pub audit: AuditLog,
     pub captcha: crate::captcha::Captcha,
     pub passkeys: Passkeys,
+    pub outbox: crate::mail::Outbox,
 }
 
 impl Payments {
@@ -196,6 +198,7 @@ impl Payments {
             audit,
             captcha,
             passkeys,
+            outbox,
         } = parts;
         Payments {
             db,
@@ -204,6 +207,7 @@ impl Payments {
             audit,
             captcha,
             passkeys,
+            outbox,
         }
     }
 
@@ -311,9 +315,9 @@ impl Payments {
             Err(StoreError::Corrupt("a movement's transaction did not run".into()).into())
         });
         if let Some(count) = done.failures {
-            let (db, audit) = (&self.db, &self.audit);
+            let (db, outbox) = (&self.db, &self.outbox);
             let side = &Side::Shared;
-            if crate::auth::failures::lock_if_full(db, audit, ctx, customer, side, count).await? {
+            if crate::auth::failures::lock_if_full(db, outbox, ctx, customer, side, count).await? {
                 return Err(PaymentError::Refused(Refusal::TooManyFailures));
             }
         }

@@ -92,8 +92,8 @@ impl Payments {
         let full = match failure_store::charge_in_session(&self.db, customer).await? {
             None => true,
             Some(count) => {
-                let (db, audit, side) = (&self.db, &self.audit, &Side::Shared);
-                crate::auth::failures::lock_if_full(db, audit, ctx, customer, side, count).await?
+                let (db, outbox, side) = (&self.db, &self.outbox, &Side::Shared);
+                crate::auth::failures::lock_if_full(db, outbox, ctx, customer, side, count).await?
             }
         };
         Err(PaymentError::Refused(if full {

@@ -188,15 +188,21 @@ pub async fn is_known_device(db: &Db, user: UserId, hash: &[u8]) -> Result<bool,
     Ok(row.is_some())
 }
 
-/// Remembers a browser that completed a login (its count untouched if it was known), and forgets
-/// the least recently used beyond [`DEVICES_PER_USER_MAX`].
+/// Remembers a browser's device cookie for `user` (its last log-in now), in the caller's
+/// transaction, keeping the newest `DEVICES_PER_USER_MAX`. Returns whether the browser was new
+/// to the account.
 pub async fn remember_device(
-    db: &Db,
+    tx: &mut WriteTx,
     user: UserId,
     hash: &[u8],
     now: i64,
-) -> Result<(), StoreError> {
-    let mut tx = db.begin_write().await?;
+) -> Result<bool, StoreError> {
+    let known: Option<(i64,)> =
+        sqlx::query_as("SELECT 1 FROM devices WHERE user_id = $1 AND device_hash = $2")
+            .bind(user)
+            .bind(hash)
+            .fetch_optional(tx.conn())
+            .await?;
     sqlx::query(
         "INSERT INTO devices (user_id, device_hash, created_at, last_login_at) \
          VALUES ($1, $2, $3, $3) \
@@ -218,5 +224,5 @@ pub async fn remember_device(
           ORDER BY last_login_at DESC, created_at DESC {no_limit} OFFSET {DEVICES_PER_USER_MAX})"
     ));
     sqlx::query(sql).bind(user).execute(tx.conn()).await?;
-    tx.commit().await
+    Ok(known.is_none())
 }

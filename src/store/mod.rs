@@ -20,6 +20,7 @@ pub mod group;
 mod ids;
 pub mod keys;
 pub mod ledger;
+pub mod outbox;
 pub mod passkeys;
 pub mod sealed;
 pub mod sessions;
@@ -250,6 +251,10 @@ const MIGRATIONS_SQLITE: &[(i64, &str)] = &[
         include_str!("../../migrations/sqlite/0004_devices_and_signup_throttle.sql"),
     ),
     (5, include_str!("../../migrations/sqlite/0005_passkeys.sql")),
+    (
+        6,
+        include_str!("../../migrations/sqlite/0006_mail_and_authenticator.sql"),
+    ),
 ];
 const MIGRATIONS_POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
@@ -268,6 +273,10 @@ const MIGRATIONS_POSTGRES: &[(i64, &str)] = &[
     (
         5,
         include_str!("../../migrations/postgres/0005_passkeys.sql"),
+    ),
+    (
+        6,
+        include_str!("../../migrations/postgres/0006_mail_and_authenticator.sql"),
     ),
 ];
 

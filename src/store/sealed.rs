@@ -36,6 +36,11 @@ pub const SEALED_COLUMNS: &[SealedColumn] = &[
         composite: false,
     },
     SealedColumn {
+        table: "users",
+        column: "totp_pending_enc",
+        composite: false,
+    },
+    SealedColumn {
         table: "accounts",
         column: "balance_enc",
         composite: false,
@@ -58,6 +63,11 @@ pub const SEALED_COLUMNS: &[SealedColumn] = &[
     SealedColumn {
         table: "passkeys",
         column: "name_enc",
+        composite: false,
+    },
+    SealedColumn {
+        table: "outbox",
+        column: "body_enc",
         composite: false,
     },
     SealedColumn {

@@ -21,6 +21,8 @@ pub struct SessionRow {
     pub user_agent: Option<String>,
     pub recovery_codes_enc: Option<Vec<u8>>,
     pub flash: Option<String>,
+    /// "recovery_code" for a session that logged in with a recovery code; else `None`.
+    pub login_method: Option<String>,
 }
 
 impl sqlx::FromRow<'_, AnyRow> for SessionRow {
@@ -37,11 +39,12 @@ impl sqlx::FromRow<'_, AnyRow> for SessionRow {
             user_agent: r.try_get("user_agent")?,
             recovery_codes_enc: r.try_get("recovery_codes_enc")?,
             flash: r.try_get("flash")?,
+            login_method: r.try_get("login_method")?,
         })
     }
 }
 
-const COLUMNS: &str = "id_hash, user_id, stage, csrf_token, created_at, last_seen_at, client_ip, user_agent, recovery_codes_enc, flash";
+const COLUMNS: &str = "id_hash, user_id, stage, csrf_token, created_at, last_seen_at, client_ip, user_agent, recovery_codes_enc, flash, login_method";
 
 /// Inserts a session and ends the oldest ones beyond `max_per_user`. Returns the ended ids.
 pub async fn insert(
@@ -50,8 +53,8 @@ pub async fn insert(
     max_per_user: i64,
 ) -> Result<u64, StoreError> {
     sqlx::query(
-        "INSERT INTO sessions (id_hash, user_id, stage, csrf_token, created_at, last_seen_at, client_ip, user_agent, recovery_codes_enc, flash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        "INSERT INTO sessions (id_hash, user_id, stage, csrf_token, created_at, last_seen_at, client_ip, user_agent, recovery_codes_enc, flash, login_method) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(&row.id_hash)
     .bind(row.user_id)
@@ -63,6 +66,7 @@ pub async fn insert(
     .bind(row.user_agent.as_deref())
     .bind(row.recovery_codes_enc.as_deref())
     .bind(row.flash.as_deref())
+    .bind(row.login_method.as_deref())
     .execute(tx.conn())
     .await
     .map_err(|e| StoreError::from_insert(e, "session id"))?;
@@ -91,7 +95,7 @@ pub struct Found {
 pub async fn find(db: &Db, id_hash: &str) -> Result<Option<Found>, StoreError> {
     let row = sqlx::query(
         "SELECT s.id_hash, s.user_id, s.stage, s.csrf_token, s.created_at, s.last_seen_at, \
-         s.client_ip, s.user_agent, s.recovery_codes_enc, s.flash, u.username, \
+         s.client_ip, s.user_agent, s.recovery_codes_enc, s.flash, s.login_method, u.username, \
          a.id AS account_id, a.kind AS account_kind, a.balance_enc AS account_balance_enc, \
          a.seq AS account_seq, a.head_mac AS account_head_mac \
          FROM sessions s LEFT JOIN users u ON u.id = s.user_id \
@@ -336,11 +340,12 @@ pub async fn record_ip_login_failure(
     tx.commit().await
 }
 
-/// Counts a sign-up from `client_ip` before its password is hashed, in one statement: `false`
-/// (refuse) when the window that started within `window_millis` already holds `max`.
-pub async fn charge_signup(
+/// Counts one attempt of `key` in one statement: `false` (refuse) when the window that started
+/// within `window_millis` already holds `max`. The `signup_throttle` table holds such counts; a
+/// sign-up's key is its client address (counted before the password is hashed).
+pub async fn charge_window(
     db: &Db,
-    client_ip: &str,
+    key: &str,
     now: i64,
     window_millis: i64,
     max: i64,
@@ -356,7 +361,7 @@ pub async fn charge_signup(
          WHERE signup_throttle.window_start < $3 OR signup_throttle.attempts < $4 \
          RETURNING attempts",
     )
-    .bind(client_ip)
+    .bind(key)
     .bind(now)
     .bind(now - window_millis)
     .bind(max)
@@ -385,4 +390,38 @@ pub async fn delete_expired(
         .rows_affected();
     tx.commit().await?;
     Ok(n)
+}
+
+/// Marks the session as logged in by `method` ("recovery_code"), for the home page's notice.
+pub async fn set_login_method(db: &Db, id_hash: &str, method: &str) -> Result<(), StoreError> {
+    let mut tx = db.begin_write().await?;
+    sqlx::query("UPDATE sessions SET login_method = $1 WHERE id_hash = $2")
+        .bind(method)
+        .bind(id_hash)
+        .execute(tx.conn())
+        .await?;
+    tx.commit().await
+}
+
+/// A new authenticator is in place: no session of the customer asks for one any more.
+pub async fn clear_login_methods_in(tx: &mut WriteTx, user_id: UserId) -> Result<(), StoreError> {
+    sqlx::query("UPDATE sessions SET login_method = NULL WHERE user_id = $1")
+        .bind(user_id)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
+/// Keeps `codes_enc` (the sealed new recovery codes) on the session, to be shown once.
+pub async fn set_recovery_codes_in(
+    tx: &mut WriteTx,
+    id_hash: &str,
+    codes_enc: &[u8],
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE sessions SET recovery_codes_enc = $1 WHERE id_hash = $2")
+        .bind(codes_enc)
+        .bind(id_hash)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
 }

@@ -260,3 +260,54 @@ pub async fn set_password_hash(
         .await?;
     Ok(())
 }
+
+/// Stores the sealed secret of a replacement authenticator (replacing any earlier one that was
+/// never confirmed).
+pub async fn set_totp_pending(
+    db: &Db,
+    user_id: UserId,
+    secret_enc: &[u8],
+) -> Result<(), StoreError> {
+    let mut tx = db.begin_write().await?;
+    sqlx::query("UPDATE users SET totp_pending_enc = $1 WHERE id = $2 AND totp_confirmed = 1")
+        .bind(secret_enc)
+        .bind(user_id)
+        .execute(tx.conn())
+        .await?;
+    tx.commit().await
+}
+
+/// The sealed secret of the replacement authenticator waiting for its first code, if any.
+pub async fn totp_pending(db: &Db, user_id: UserId) -> Result<Option<Vec<u8>>, StoreError> {
+    let row: Option<(Option<Vec<u8>>,)> =
+        sqlx::query_as("SELECT totp_pending_enc FROM users WHERE id = $1")
+            .bind(user_id)
+            .fetch_optional(db.pool())
+            .await?;
+    Ok(row.and_then(|(pending,)| pending))
+}
+
+/// Puts the replacement authenticator in place of the old one, in `tx`: its secret (sealed as the
+/// account's secret) becomes the secret and `step` the last accepted step, only if the pending
+/// secret is still `pending_was` and `step` is newer than the last (atomic: one confirmation
+/// wins, a code is never accepted twice). Returns whether it did.
+pub async fn replace_totp_in(
+    tx: &mut WriteTx,
+    user_id: UserId,
+    secret_enc: &[u8],
+    pending_was: &[u8],
+    step: i64,
+) -> Result<bool, StoreError> {
+    let changed = sqlx::query(
+        "UPDATE users SET totp_secret_enc = $1, totp_pending_enc = NULL, totp_last_step = $2 \
+         WHERE id = $3 AND totp_pending_enc = $4 AND totp_last_step < $2",
+    )
+    .bind(secret_enc)
+    .bind(step)
+    .bind(user_id)
+    .bind(pending_was)
+    .execute(tx.conn())
+    .await?
+    .rows_affected();
+    Ok(changed == 1)
+}

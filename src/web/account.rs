@@ -8,7 +8,7 @@ use axum::response::Response;
 use super::captcha_gate;
 use super::context::cookie;
 use super::error::{Error, Result};
-use super::extract::{PendingUser, SessionUser, Visitor, see_other, with_cookie};
+use super::extract::{SessionUser, Visitor, see_other, with_cookie};
 use super::form::{CsrfForm, VISITOR_CSRF_COOKIE};
 use super::view::{Chrome, Errors, render};
 use crate::auth::session::{NewSession, clear_cookie_header, cookie_header};
@@ -67,6 +67,8 @@ struct SetupPage {
     secret: String,
     qr: String,
     errors: Errors,
+    /// A new authenticator for an enrolled customer (the old one works until this is confirmed).
+    replacing: bool,
 }
 
 #[derive(Template)]
@@ -223,19 +225,47 @@ fn signup_fields(form: &CsrfForm) -> std::result::Result<(Username, Email, Passw
     }
 }
 
-pub async fn setup_form(State(services): State<Services>, user: PendingUser) -> Result {
-    setup_page(&services, &user, StatusCode::OK, Errors::default()).await
+/// `GET /2fa/setup`: enrolment's authenticator, or the replacement an enrolled customer asked
+/// for on `/settings` (none asked for: home, as before the replacement existed).
+pub async fn setup_form(State(services): State<Services>, user: SessionUser) -> Result {
+    let Some((secret, replacing)) = setup_secret(&services, &user).await? else {
+        return Ok(see_other("/"));
+    };
+    setup_page(
+        &services,
+        &user,
+        (secret, replacing),
+        StatusCode::OK,
+        Errors::default(),
+    )
+    .await
+}
+
+/// The secret `/2fa/setup` shows: the enrolling customer's, or the pending replacement's.
+async fn setup_secret(
+    services: &Services,
+    user: &SessionUser,
+) -> Result<Option<(auth::totp::TotpSecret, bool)>> {
+    let user_id = user.session.user_id;
+    Ok(match user.session.stage {
+        auth::session::Stage::PendingTwoFactor => {
+            Some((auth::totp_secret(services, user_id).await?, false))
+        }
+        auth::session::Stage::Full => auth::renewal::pending_secret(services, user_id)
+            .await?
+            .map(|secret| (secret, true)),
+    })
 }
 
 async fn setup_page(
     services: &Services,
-    user: &PendingUser,
+    user: &SessionUser,
+    (secret, replacing): (auth::totp::TotpSecret, bool),
     status: StatusCode,
     errors: Errors,
 ) -> Result {
     let request_id = &user.context.request_id;
-    let secret = auth::totp_secret(services, user.session.user_id).await?;
-    let chrome = Chrome::for_session(services, &user.session, false).await;
+    let chrome = Chrome::for_session(services, &user.session, replacing).await;
     let username = chrome.username.clone().unwrap_or_default();
     let qr = auth::totp::qr_svg_data_uri(&secret.otpauth_uri(&username)).unwrap_or_default();
     let page = SetupPage {
@@ -243,17 +273,47 @@ async fn setup_page(
         secret: secret.base32(),
         qr,
         errors,
+        replacing,
     };
     Ok(render(status, &page, request_id))
 }
 
+const WRONG_SETUP_CODE: &str = "That code is not right, or was already used. Check the time on your phone and enter the newest code.";
+
+/// `POST /2fa/setup`: the first code of the authenticator being enrolled or replacing the old one.
 pub async fn setup(
     State(services): State<Services>,
-    user: PendingUser,
+    user: SessionUser,
     headers: axum::http::HeaderMap,
     form: CsrfForm,
 ) -> Result {
     let audit = user.context.audit();
+    if user.session.stage == auth::session::Stage::Full {
+        let confirmed = auth::renewal::confirm_authenticator_replacement(
+            &services,
+            &audit,
+            &user.session,
+            form.get("otp"),
+        )
+        .await?;
+        if confirmed {
+            let done = "Your new authenticator is set up. Codes from the old one no longer work.";
+            super::view::flash(&services, &user.session, done).await;
+            return Ok(see_other("/settings"));
+        }
+        let Some(shown) = setup_secret(&services, &user).await? else {
+            return Ok(see_other("/"));
+        };
+        let errors = Errors::one("otp", WRONG_SETUP_CODE);
+        return setup_page(
+            &services,
+            &user,
+            shown,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            errors,
+        )
+        .await;
+    }
     match auth::confirm_enrollment(
         &services,
         &audit,
@@ -266,7 +326,8 @@ pub async fn setup(
         Ok(Some(new)) => {
             // Enrolling completes the first login: this browser is the account's first device.
             let sent = cookie(&headers, auth::failures::DEVICE_COOKIE);
-            let device = auth::remember_device(&services, user.session.user_id, sent).await?;
+            let seen = auth::DeviceSeen::Enrolled;
+            let device = auth::remember_device(&services, user.session.user_id, sent, seen).await?;
             let response = signed_in("/2fa/recovery", &new);
             Ok(with_cookie(
                 response,
@@ -274,11 +335,16 @@ pub async fn setup(
             ))
         }
         Ok(None) => {
-            let errors = Errors::one(
-                "otp",
-                "That code is not right, or was already used. Check the time on your phone and enter the newest code.",
-            );
-            setup_page(&services, &user, StatusCode::UNPROCESSABLE_ENTITY, errors).await
+            let secret = auth::totp_secret(&services, user.session.user_id).await?;
+            let errors = Errors::one("otp", WRONG_SETUP_CODE);
+            setup_page(
+                &services,
+                &user,
+                (secret, false),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                errors,
+            )
+            .await
         }
         Err(error) => Err(error.into()),
     }

@@ -1,5 +1,5 @@
-//! Access is decided by extractors in the handler signature: `Visitor`, `PendingUser` (2FA not
-//! yet confirmed), `SessionUser` (either stage; logout) and `CurrentUser` (a full customer). A
+//! Access is decided by extractors in the handler signature: `Visitor`, `SessionUser` (either
+//! stage; logout, `/2fa/setup` which serves each stage) and `CurrentUser` (a full customer). A
 //! refused request is redirected (CONTRACT §2): no session → `/`; 2FA pending → `/2fa/setup`.
 
 use axum::extract::FromRequestParts;
@@ -99,31 +99,7 @@ impl FromRequestParts<Services> for CurrentUser {
     }
 }
 
-/// A signed-up customer who has not yet confirmed their authenticator.
-pub struct PendingUser {
-    pub session: Session,
-    pub context: RequestContext,
-}
-
-impl FromRequestParts<Services> for PendingUser {
-    type Rejection = Response;
-    async fn from_request_parts(parts: &mut Parts, _services: &Services) -> Result<Self, Response> {
-        let context = context(parts);
-        match &context.session {
-            SessionState::Live(session) if session.stage == Stage::PendingTwoFactor => {
-                Ok(PendingUser {
-                    session: session.clone(),
-                    context,
-                })
-            }
-            SessionState::Live(_) => Err(see_other("/")),
-            SessionState::Ended(reason) => Err(ended_redirect(*reason)),
-            SessionState::Anonymous => Err(see_other("/")),
-        }
-    }
-}
-
-/// Any live session, whatever its stage (logout).
+/// Any live session, whatever its stage (logout, and `/2fa/setup`: enrolment or replacement).
 pub struct SessionUser {
     pub session: Session,
     pub context: RequestContext,

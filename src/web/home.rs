@@ -124,6 +124,8 @@ struct HomePage {
     balance: String,
     /// Each row's HTML (see [`row_html`]).
     rows: Vec<Arc<str>>,
+    /// After a log-in with a recovery code: how many are left (CONTRACT §9).
+    recovery_left: Option<i64>,
 }
 
 fn notice_text(kind: &str, idle_secs: u64) -> Option<String> {
@@ -169,7 +171,13 @@ pub async fn index(
                 page.rows.iter().map(|m| row_html(m)).collect(),
             );
             let chrome = Chrome::for_session(&services, session, true).await;
+            let recovery_left = if session.via_recovery_code {
+                Some(crate::auth::session::recovery_codes_left(&services, user_id).await?)
+            } else {
+                None
+            };
             let page = HomePage {
+                recovery_left,
                 chrome,
                 balance_minor: balance.minor(),
                 balance: balance.to_string(),

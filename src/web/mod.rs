@@ -56,6 +56,14 @@ pub fn router(services: Services) -> Router {
             "/settings/passkeys/options",
             axum::routing::post(passkeys::add_options),
         )
+        .route(
+            "/settings/authenticator",
+            get(settings::authenticator_form).post(settings::replace_authenticator),
+        )
+        .route(
+            "/settings/recovery-codes",
+            axum::routing::post(settings::replace_recovery_codes),
+        )
         .route("/settings/passkeys", axum::routing::post(passkeys::add))
         .route(
             "/settings/passkeys/remove",

@@ -86,6 +86,14 @@ fn describe(event: &str, detail: &serde_json::Value) -> String {
         "access_denied" => "Access denied".into(),
         "password_changed" => "Password changed".into(),
         "password_change_refused" => "Password change refused".into(),
+        "recovery_code_sent" => "Password reset code mailed".into(),
+        "recovery_refused" => "Password reset refused".into(),
+        "password_reset" => "Password reset with an emailed code".into(),
+        "authenticator_replacement_started" => "New authenticator requested".into(),
+        "authenticator_replaced" => "Authenticator app replaced".into(),
+        "recovery_codes_replaced" => "New recovery codes made".into(),
+        "second_factor_change_refused" => "Authenticator or recovery code change refused".into(),
+        "mail_abandoned" => "A message to you could not be delivered".into(),
         "passkey_added" => "Passkey added".into(),
         "passkey_removed" => "Passkey removed".into(),
         "passkey_refused" => "Passkey change refused".into(),
@@ -231,4 +239,84 @@ pub async fn revoke_others(
     };
     flash(&services, &user.session, &message).await;
     Ok(see_other("/settings"))
+}
+
+/// A refused new authenticator or new recovery codes: the message goes to that form's own
+/// section (`section`), the status says why.
+async fn second_factor_refused(
+    services: &Services,
+    user: &CurrentUser,
+    section: &'static str,
+    error: PasswordChangeError,
+) -> Result {
+    match error {
+        PasswordChangeError::Field { message, .. } => {
+            page(
+                services,
+                user,
+                StatusCode::UNAUTHORIZED,
+                Errors::one(section, message),
+            )
+            .await
+        }
+        PasswordChangeError::TooManyFailures => {
+            Ok(super::extract::ended_by_failures(services, user).await)
+        }
+        PasswordChangeError::Auth(AuthError::Busy) => {
+            let busy = "The bank is busy. Please try again in a moment.";
+            page(
+                services,
+                user,
+                StatusCode::SERVICE_UNAVAILABLE,
+                Errors::one(section, busy),
+            )
+            .await
+        }
+        PasswordChangeError::Auth(error) => Err(error.into()),
+    }
+}
+
+/// `GET /settings/authenticator`: the form is a section of `/settings` (the home page links here
+/// after a recovery-code log-in).
+pub async fn authenticator_form(_user: CurrentUser) -> axum::response::Response {
+    see_other("/settings#authenticator")
+}
+
+/// `POST /settings/authenticator` (CONTRACT §9): the current password and the old
+/// authenticator's code or a recovery code; then `/2fa/setup` shows the new secret.
+pub async fn replace_authenticator(
+    State(services): State<Services>,
+    user: CurrentUser,
+    form: CsrfForm,
+) -> Result {
+    let audit = user.context.audit();
+    let (password, otp) = (form.get("current_password"), form.get("otp"));
+    match auth::renewal::start_authenticator_replacement(
+        &services,
+        &audit,
+        &user.session,
+        password,
+        otp,
+    )
+    .await
+    {
+        Ok(()) => Ok(see_other("/2fa/setup")),
+        Err(error) => second_factor_refused(&services, &user, "authenticator", error).await,
+    }
+}
+
+/// `POST /settings/recovery-codes` (CONTRACT §9): a code gives ten new recovery codes, shown once
+/// on `/2fa/recovery`; the old ones stop working.
+pub async fn replace_recovery_codes(
+    State(services): State<Services>,
+    user: CurrentUser,
+    form: CsrfForm,
+) -> Result {
+    let audit = user.context.audit();
+    match auth::renewal::replace_recovery_codes(&services, &audit, &user.session, form.get("otp"))
+        .await
+    {
+        Ok(()) => Ok(see_other("/2fa/recovery")),
+        Err(error) => second_factor_refused(&services, &user, "recovery", error).await,
+    }
 }

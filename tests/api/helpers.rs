@@ -260,7 +260,7 @@ pub struct Customer {
     pub recovery_codes: Vec<String>,
     pub client: reqwest::Client,
     pub base: String,
-    last_step: std::rc::Rc<std::cell::Cell<i64>>,
+    pub last_step: std::rc::Rc<std::cell::Cell<i64>>,
 }
 
 pub fn now_step() -> i64 {

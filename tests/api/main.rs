@@ -19,10 +19,13 @@ mod helpers;
 mod ledger;
 mod loadgen;
 mod lockout;
+mod mail;
+mod mailbox;
 mod master_rotation;
 mod multi;
 mod passkeys;
 mod process;
+mod renewal;
 mod review;
 #[allow(dead_code)] // saving and restoring is for the load generator
 #[path = "../../loadgen/src/authenticator.rs"]

@@ -279,7 +279,10 @@ async fn the_master_key_rotates_while_an_old_and_a_new_instance_serve() {
     }
 }
 
-#[tokio::test]
+// Multi-threaded for the same reason: while this thread waits for a command, instance A's mail
+// sender must be able to finish the write transaction it may be in, or the command waits for
+// SQLite's write lock until its busy timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotate_master_refuses_a_readable_key_file_the_current_key_and_a_finish_without_start() {
     let a = spawn_app().await;
     let old_key = env_value(&a.env, "ALPHABANK_MASTER_KEY");

@@ -34,7 +34,10 @@ impl Drop for Instance {
 }
 
 /// `env` with `ALPHABANK_LISTEN` (and anything in `replace`) replaced.
-fn env_with(env: &[(String, String)], replace: &[(&str, &str)]) -> Vec<(String, String)> {
+pub(crate) fn env_with(
+    env: &[(String, String)],
+    replace: &[(&str, &str)],
+) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = env
         .iter()
         .filter(|(k, _)| k != "ALPHABANK_LISTEN" && !replace.iter().any(|(r, _)| r == k))
