@@ -5,6 +5,7 @@
 pub mod failures;
 pub mod passkey;
 pub mod password;
+pub mod recovery;
 pub mod renewal;
 pub mod session;
 pub mod totp;

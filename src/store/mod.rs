@@ -15,6 +15,7 @@
 
 pub mod audit;
 pub mod captcha;
+pub mod email_codes;
 pub mod failures;
 pub mod group;
 mod ids;

@@ -341,8 +341,9 @@ pub async fn record_ip_login_failure(
 }
 
 /// Counts one attempt of `key` in one statement: `false` (refuse) when the window that started
-/// within `window_millis` already holds `max`. The `signup_throttle` table holds such counts; a
-/// sign-up's key is its client address (counted before the password is hashed).
+/// within `window_millis` already holds `max`. The `signup_throttle` table holds every such
+/// count: a sign-up's key is its client address (counted before the password is hashed), the
+/// account-recovery counts are `recover-ip|<address>` and `recover-mail|<user id>`.
 pub async fn charge_window(
     db: &Db,
     key: &str,

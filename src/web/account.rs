@@ -39,6 +39,23 @@ struct LoginPage {
     captcha: CaptchaFields,
     /// The passkey form's own captcha (a challenge is spent by one form).
     passkey_captcha: CaptchaFields,
+    /// What happened before the visitor came here (`?notice=password-reset`); fixed texts only.
+    notice: Option<&'static str>,
+}
+
+/// `GET /login?notice=…`: the notices a redirect to the login page may ask for.
+#[derive(serde::Deserialize)]
+pub struct LoginQuery {
+    notice: Option<String>,
+}
+
+fn login_notice(query: &LoginQuery) -> Option<&'static str> {
+    match query.notice.as_deref() {
+        Some("password-reset") => Some(
+            "Your password was changed and every session was logged out. Log in with the new password.",
+        ),
+        _ => None,
+    }
 }
 
 /// The login page again after a refused login (password or passkey), with `message`.
@@ -56,6 +73,7 @@ pub(super) fn login_again(
         errors: Errors::one("form", message),
         captcha: captcha_gate::fields(services),
         passkey_captcha: captcha_gate::fields(services),
+        notice: None,
     };
     render(status, &page, &context.request_id)
 }
@@ -95,7 +113,7 @@ fn visitor_token(headers: &axum::http::HeaderMap) -> (String, Option<String>) {
 
 /// A visitor's form page, given the CSRF token its form carries: the visitor cookie's, or a new
 /// one set with the response.
-fn visitor_form<T: Template>(
+pub(super) fn visitor_form<T: Template>(
     headers: &axum::http::HeaderMap,
     request_id: &str,
     page: impl FnOnce(String) -> T,
@@ -366,7 +384,9 @@ pub async fn login_form(
     State(services): State<Services>,
     visitor: Visitor,
     headers: axum::http::HeaderMap,
+    query: axum::extract::Query<LoginQuery>,
 ) -> Response {
+    let notice = login_notice(&query);
     visitor_form(&headers, &visitor.context.request_id, |csrf_token| {
         LoginPage {
             chrome: Chrome::visitor(),
@@ -375,6 +395,7 @@ pub async fn login_form(
             errors: Errors::default(),
             captcha: captcha_gate::fields(&services),
             passkey_captcha: captcha_gate::fields(&services),
+            notice,
         }
     })
 }

@@ -15,6 +15,7 @@ mod money_form;
 mod pages;
 mod passkeys;
 mod receipts;
+mod recover;
 mod review;
 mod settings;
 mod transfer;
@@ -44,6 +45,14 @@ pub fn router(services: Services) -> Router {
         .route("/", get(home::index))
         .route("/signup", get(account::signup_form).post(account::signup))
         .route("/login", get(account::login_form).post(account::login))
+        .route(
+            "/recover",
+            get(recover::recover_form).post(recover::recover),
+        )
+        .route(
+            "/recover/reset",
+            get(recover::reset_form).post(recover::reset),
+        )
         .route("/logout", axum::routing::post(account::logout))
         .route("/2fa/setup", get(account::setup_form).post(account::setup))
         .route("/2fa/recovery", get(account::recovery))

@@ -25,6 +25,7 @@ mod master_rotation;
 mod multi;
 mod passkeys;
 mod process;
+mod recovery;
 mod renewal;
 mod review;
 #[allow(dead_code)] // saving and restoring is for the load generator
